@@ -1,0 +1,251 @@
+"""Checkpoints: weights in safetensors, the full description in JSON beside them. Nothing is ever
+unpickled, and every file is treated as untrusted: sizes, keys and shapes are checked before use.
+
+Layout of a checkpoint named ``NAME``::
+
+    NAME.json                      description (format, experiment config, normalisation,
+                                   training facts, metrics, list of weight files)
+    NAME.safetensors               weights, or shards NAME-00001-of-00002.safetensors, ...
+
+``load_checkpoint()`` is the one way to rebuild a model, for training, CLI and app alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, ExperimentConfig
+from .model import Denoiser, PixelNormalization
+from .unet import UNet, count_parameters
+
+FORMAT = "diffusion-explorer/1"
+MAX_DESCRIPTION_BYTES = 1 << 20  # a description is a few KiB; refuse anything absurd
+MAX_WEIGHT_BYTES = 2 << 30
+LIMITS = {"max_width": 2048, "max_levels": 7, "max_depth": 8, "max_image_size": 1024}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason and the path."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network in eval mode with its description. Treat as read-only (it is shared by the app)."""
+
+    name: str
+    path: Path  # the .json description
+    network: UNet
+    experiment: ExperimentConfig
+    normalization: PixelNormalization
+    description: dict[str, Any] = field(repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        s = self.experiment.network.image_size
+        return (self.experiment.network.channels, s, s)
+
+    def denoiser(self, autocast: torch.dtype | None = None) -> Denoiser:
+        return Denoiser(self.network, self.experiment.train.prediction, self.normalization, autocast)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write then rename, so a reader never sees half a file and a crash leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _stem(path: str | os.PathLike) -> Path:
+    """checkpoints/x, checkpoints/x.json or checkpoints/x.safetensors -> checkpoints/x."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.json"))
+        found = [f for f in found if _looks_like_description(f)]
+        if len(found) != 1:
+            raise CheckpointError(f"{p} is a folder with {len(found)} checkpoint descriptions; name one file")
+        return found[0].with_suffix("")
+    if p.suffix in (".json", ".safetensors"):
+        return p.with_suffix("")
+    return p
+
+
+def _looks_like_description(path: Path) -> bool:
+    try:
+        if path.stat().st_size > MAX_DESCRIPTION_BYTES:
+            return False
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save_checkpoint(stem: str | os.PathLike, state_dict: dict[str, torch.Tensor], description: dict[str, Any],
+                    dtype: torch.dtype | None = None, shard_bytes: int | None = None) -> list[Path]:
+    """Write ``stem.json`` and the weights (``dtype`` casts floating tensors, e.g. fp16 for
+    shipping). ``shard_bytes`` splits the weights into files no larger than that. Returns paths."""
+    stem = Path(stem)
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+               for k, v in state_dict.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in tensors.items():
+        nbytes = v.numel() * v.element_size()
+        if shard_bytes and shards[-1] and size + nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    if len(shards) == 1:
+        names = [f"{stem.name}.safetensors"]
+    else:
+        names = [f"{stem.name}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        atomic_save_tensors(shard, stem.parent / name, {"format": FORMAT})
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values()})
+    description = dict(description, format=FORMAT, weights_files=names, weights_dtype=",".join(dtypes))
+    write_json(stem.with_suffix(".json"), description)
+    return [stem.with_suffix(".json")] + [stem.parent / n for n in names]
+
+
+def read_description(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON description of a checkpoint, validated enough to list it (no weights read)."""
+    stem = _stem(path)
+    jpath = stem.with_suffix(".json")
+    if not jpath.is_file():
+        raise CheckpointError(f"no checkpoint description at {jpath}")
+    if jpath.stat().st_size > MAX_DESCRIPTION_BYTES:
+        raise CheckpointError(f"{jpath} is too large to be a checkpoint description")
+    try:
+        desc = json.loads(jpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{jpath} is not valid JSON: {e}") from e
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        raise CheckpointError(f"{jpath} is not a diffusion-explorer checkpoint (format {FORMAT!r} expected)")
+    files = desc.get("weights_files")
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise CheckpointError(f"{jpath} lists no weight files")
+    for f in files:
+        if Path(f).name != f or not f.endswith(".safetensors"):
+            raise CheckpointError(f"{jpath} names a weight file outside its folder: {f!r}")
+    return desc
+
+
+def experiment_from_description(desc: dict[str, Any], where: str) -> ExperimentConfig:
+    try:
+        experiment = ExperimentConfig.from_dict(desc.get("experiment", {}), where)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: bad experiment description: {e}") from e
+    net = experiment.network
+    if (max(net.widths) > LIMITS["max_width"] or len(net.widths) > LIMITS["max_levels"]
+            or net.block_depth > LIMITS["max_depth"] or net.image_size > LIMITS["max_image_size"]):
+        raise CheckpointError(f"{where}: network size beyond this tool's limits {LIMITS}")
+    return experiment
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Rebuild the network a checkpoint describes and load its weights (eval mode, no grads)."""
+    stem = _stem(path)
+    desc = read_description(stem)
+    where = str(stem.with_suffix(".json"))
+    experiment = experiment_from_description(desc, where)
+    try:
+        normalization = PixelNormalization(**desc.get("normalization", {}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: bad normalization: {e}") from e
+    network = UNet(experiment.network)
+    expected = network.state_dict()
+    weights: dict[str, torch.Tensor] = {}
+    for name in desc["weights_files"]:
+        wpath = stem.parent / name
+        if not wpath.is_file():
+            raise CheckpointError(f"weight file {wpath} is missing")
+        if wpath.stat().st_size > MAX_WEIGHT_BYTES:
+            raise CheckpointError(f"weight file {wpath} is larger than {MAX_WEIGHT_BYTES >> 30} GiB")
+        try:
+            weights.update(load_file(str(wpath), device="cpu"))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{wpath} is not a readable safetensors file: {e}") from e
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{where}: weights do not match the described network "
+                              f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                              f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})")
+    for k, v in expected.items():
+        if tuple(weights[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{where}: tensor {k} has shape {tuple(weights[k].shape)}, "
+                                  f"the description implies {tuple(v.shape)}")
+        if weights[k].is_floating_point() and not torch.isfinite(weights[k]).all():
+            raise CheckpointError(f"{where}: tensor {k} holds NaN or infinite values")
+    network.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
+    network.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return LoadedModel(stem.name, stem.with_suffix(".json"), network, experiment, normalization, desc)
+
+
+def update_description(path: str | os.PathLike, **entries: Any) -> dict[str, Any]:
+    """Merge ``entries`` into the description (dicts are merged one level deep); atomic."""
+    stem = _stem(path)
+    desc = read_description(stem)
+    for k, v in entries.items():
+        if isinstance(v, dict) and isinstance(desc.get(k), dict):
+            desc[k] = {**desc[k], **v}
+        else:
+            desc[k] = v
+    write_json(stem.with_suffix(".json"), desc)
+    return desc
+
+
+def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Description files of every checkpoint directly inside ``folder`` (sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.glob("*.json")) if _looks_like_description(p)]
+
+
+def describe_model(experiment: ExperimentConfig, normalization: PixelNormalization, network: UNet,
+                   training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The description dictionary of a model (weights list and format are added on save)."""
+    return {
+        "name": experiment.name,
+        "experiment": experiment.to_dict(),
+        "normalization": {"mean": list(normalization.mean), "std": list(normalization.std)},
+        "parameters": count_parameters(network),
+        "training": training or {},
+        "metrics": metrics or {},
+    }

@@ -1,0 +1,113 @@
+"""The CLI's commands: each takes parsed arguments, calls the core, prints what it did."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, read_description, save_checkpoint
+from .cli import seed_list
+from .config import load_experiment
+from .images import gif_bytes, make_grid, save_png
+from .samplers import SamplerConfig
+from .training import RunOptions, Trainer, resolve_device
+
+
+def _sampler(args) -> SamplerConfig:
+    return SamplerConfig(args.sampler, args.steps, args.eta, args.clip)
+
+
+def train(args: argparse.Namespace) -> int:
+    from .data import load_image_set
+
+    exp = load_experiment(args.config)
+    exp = exp.with_overrides(
+        train={k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size}.items() if v is not None},
+        data={"samples": args.samples} if args.samples is not None else {},
+        network={"image_size": args.image_size} if args.image_size is not None else {},
+    )
+    device = resolve_device(args.device)
+    images = load_image_set(args.data, exp.network.image_size, exp.data.samples, seed=exp.train.seed,
+                            cache_dir=args.cache_dir, progress=not args.quiet)
+    dataset = {"name": images.name, "source": images.source, "available": images.num_available}
+    options = RunOptions(device=device, compile=args.compile, max_steps=args.max_steps,
+                         time_limit=args.time_limit, progress=not args.quiet)
+    trainer = Trainer(exp, images.images, args.out, options, dataset)
+    if trainer.resume():
+        if args.no_resume:
+            raise ValueError(f"{args.out} already holds a training state; remove --no-resume or use a new folder")
+        print(f"resuming {args.out} at step {trainer.step} of {trainer.total_steps}")
+    print(f"{exp.name}: {len(images)} images at {exp.network.image_size}px, {trainer.total_steps} steps "
+          f"({exp.train.epochs} epochs x {trainer.steps_per_epoch}), device {device}")
+    summary = trainer.run()
+    print(f"stopped at step {summary['steps']} ({summary['epochs']:.2f} epochs), loss {summary['loss']:.4f}, "
+          f"{'finished' if summary['finished'] else 'not finished: run the same command again to continue'}")
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    model = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    seeds = seed_list(args.seeds)
+    start = time.perf_counter()
+    images = generate(model, seeds, _sampler(args))
+    path = save_png(make_grid(images, args.cols), args.out)
+    print(f"{len(images)} images in {time.perf_counter() - start:.1f} s -> {path}")
+    return 0
+
+
+def interpolate(args: argparse.Namespace) -> int:
+    from .generate import interpolation_frames
+
+    model = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    frames = interpolation_frames(model, args.seeds, args.frames, args.method, _sampler(args))
+    out = Path(args.out)
+    if out.suffix.lower() == ".gif":
+        out.write_bytes(gif_bytes(frames, duration_ms=100, scale=2))
+    else:
+        save_png(make_grid(frames, cols=len(frames)), out)
+    print(f"{len(frames)} frames ({args.method}) -> {out}")
+    return 0
+
+
+def invert(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from .generate import image_from_bytes, invert as invert_images
+
+    model = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    path = Path(args.image)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    image = image_from_bytes(path.read_bytes(), model.experiment.network.image_size)[None]
+    noise, recon = invert_images(model, image, args.steps)
+    err = np.abs(recon.astype(np.int16) - image.astype(np.int16)).mean()
+    save_file({"noise": noise.cpu().contiguous()}, f"{args.out}.safetensors")
+    save_png(make_grid(np.concatenate([image, recon])), f"{args.out}.png")
+    print(f"noise std {noise.std().item():.3f}; reconstruction mean abs error {err:.2f}/255 -> {args.out}.png")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    model = load_checkpoint(args.run)
+    desc = dict(read_description(args.run))
+    desc.pop("weights_files", None)
+    desc["weights"] = "EMA, float16"
+    shard = int(args.shard_mib * 2**20) if args.shard_mib else None
+    paths = save_checkpoint(args.dest, model.network.state_dict(), desc, dtype=torch.float16, shard_bytes=shard)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args)
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    return 0

@@ -1,0 +1,130 @@
+"""What users do with a trained model: sample a grid, record a trajectory, interpolate between
+seeds, invert an image. Shared by the CLI and the app; returns uint8 arrays [N x H x W x 3]."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .checkpoint import LoadedModel
+from .interpolation import Method, interpolate
+from .samplers import NoiseSource, SamplerConfig, StepState, ddim_invert, sample, sample_steps, seed_noise
+from .schedules import max_sampling_steps
+
+MAX_BATCH_PIXELS = 64 * 128 * 128  # images per network call are chunked to bound memory
+
+
+def check_sampler(model: LoadedModel, config: SamplerConfig) -> None:
+    """Raise ValueError if the step count is beyond what the model's schedule allows."""
+    limit = max_sampling_steps(model.experiment.schedule)
+    if config.num_steps > limit:
+        raise ValueError(f"{config.num_steps} steps is beyond this model's schedule: choose 1 to {limit}")
+
+
+def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
+                autocast: torch.dtype | None = None) -> Iterator[StepState]:
+    """The sampler's step generator for these seeds on the model's device."""
+    check_sampler(model, config)
+    if not seeds:
+        raise ValueError("give at least one seed")
+    x_T = seed_noise(seeds, model.image_shape, model.device)
+    noise = NoiseSource(seeds, model.device)
+    return sample_steps(model.denoiser(autocast), model.experiment.schedule, x_T, config, noise)
+
+
+def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
+             autocast: torch.dtype | None = None) -> np.ndarray:
+    """Samples for ``seeds`` as uint8 [N x H x W x 3]; large requests run in chunks."""
+    size = model.experiment.network.image_size
+    chunk = max(1, MAX_BATCH_PIXELS // (size * size))
+    out = []
+    for i in range(0, len(seeds), chunk):
+        x0 = sample(step_states(model, list(seeds[i:i + chunk]), config, autocast))
+        out.append(model.normalization.to_pixels(x0))
+    return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Every step of one seed's denoising, as pixels, plus the rates: what the app scrubs."""
+
+    x_t: np.ndarray  # uint8 [S+1 x H x W x 3]: the latent before each step, then the final image
+    pred_x0: np.ndarray  # uint8 [S x H x W x 3]
+    times: np.ndarray  # [S]
+    signal_rates: np.ndarray  # [S]
+    noise_rates: np.ndarray  # [S]
+
+
+def latent_to_pixels(model: LoadedModel, x: torch.Tensor) -> np.ndarray:
+    """Show a noisy latent x_t: map it through the data normalisation like an image. Pure noise
+    then looks like grey static, and the image emerges as the signal rate grows."""
+    return model.normalization.to_pixels(x)
+
+
+def trajectory(model: LoadedModel, seed: int, config: SamplerConfig) -> Trajectory:
+    xs, x0s, times, signal, noise = [], [], [], [], []
+    state = None
+    for state in step_states(model, [seed], config):
+        xs.append(latent_to_pixels(model, state.x_t)[0])
+        x0s.append(model.normalization.to_pixels(state.pred_x0)[0])
+        times.append(state.t)
+        signal.append(state.signal_rate)
+        noise.append(state.noise_rate)
+    xs.append(model.normalization.to_pixels(state.x_next)[0])
+    return Trajectory(np.stack(xs), np.stack(x0s), np.array(times), np.array(signal), np.array(noise))
+
+
+def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, method: Method,
+                         config: SamplerConfig, keys: torch.Tensor | None = None) -> np.ndarray:
+    """Decode ``frames`` latents on the path through the seeds' noise (or given ``keys``
+    [K x C x H x W]) with a deterministic sampler. Returns uint8 [frames x H x W x 3]."""
+    if config.name == "ddpm" or config.eta > 0:
+        raise ValueError("interpolation needs a deterministic sampler (DDIM with eta 0 or DPM-Solver++)")
+    check_sampler(model, config)
+    if keys is None:
+        if len(seeds) < 2:
+            raise ValueError("interpolation needs at least two seeds")
+        keys = seed_noise(seeds, model.image_shape)
+    path = interpolate(keys.cpu(), frames, method).to(model.device)
+    size = model.experiment.network.image_size
+    chunk = max(1, MAX_BATCH_PIXELS // (size * size))
+    out = []
+    for i in range(0, len(path), chunk):
+        steps = sample_steps(model.denoiser(), model.experiment.schedule, path[i:i + chunk], config)
+        out.append(model.normalization.to_pixels(sample(steps)))
+    return np.concatenate(out)
+
+
+def image_from_bytes(data: bytes, image_size: int) -> np.ndarray:
+    """Decode an uploaded image (any format Pillow reads) and center-crop/resize it like the
+    training data. Raises ValueError with a readable message for anything that is not an image."""
+    from .data import preprocess_image
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
+        raise ValueError(f"not a readable image: {e}") from e
+    return preprocess_image(img, image_size)
+
+
+def invert(model: LoadedModel, images: np.ndarray, num_steps: int,
+           fixed_point_iterations: int = 3) -> tuple[torch.Tensor, np.ndarray]:
+    """DDIM-invert uint8 images [N x H x W x 3] to their starting noise [N x C x H x W] and
+    return it with the DDIM (eta 0) reconstruction from that noise, uint8. Costs
+    num_steps * (1 + fixed_point_iterations) + num_steps network calls."""
+    config = SamplerConfig("ddim", num_steps, 0.0)
+    check_sampler(model, config)
+    size = model.experiment.network.image_size
+    if images.shape[1:] != (size, size, 3):
+        raise ValueError(f"this model takes {size}x{size} images, got {images.shape[1]}x{images.shape[2]}")
+    x0 = model.normalization.to_model(torch.from_numpy(images).permute(0, 3, 1, 2).to(model.device))
+    denoiser = model.denoiser()
+    x_T = ddim_invert(denoiser, model.experiment.schedule, x0, num_steps, fixed_point_iterations)
+    recon = sample(sample_steps(denoiser, model.experiment.schedule, x_T, config))
+    return x_T, model.normalization.to_pixels(recon)

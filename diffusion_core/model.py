@@ -1,0 +1,89 @@
+"""A network plus what it needs to act as a denoiser: the prediction type, the data
+normalisation, and the conversion between the network's units and uint8 pixels."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import diffusion as D
+from .unet import UNet
+
+
+@dataclass(frozen=True)
+class PixelNormalization:
+    """x = (pixel / 255 - mean) / std per channel: the units the network works in."""
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("normalization needs 3 means and 3 positive standard deviations")
+
+    @classmethod
+    def from_images(cls, images: np.ndarray) -> "PixelNormalization":
+        """Per-channel statistics of uint8 images [N x H x W x 3] (the Keras Normalization layer)."""
+        x = images.reshape(-1, 3).astype(np.float64) / 255.0
+        return cls(tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3)))
+
+    def _tensors(self, device, dtype=torch.float32):
+        mean = torch.tensor(self.mean, device=device, dtype=dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device, dtype=dtype).view(1, 3, 1, 1)
+        return mean, std
+
+    def to_model(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 [N x 3 x H x W] (any device) -> float32 network units."""
+        mean, std = self._tensors(images_uint8.device)
+        return (images_uint8.float() / 255.0 - mean) / std
+
+    def to_pixels(self, x: torch.Tensor) -> np.ndarray:
+        """network units [N x 3 x H x W] -> uint8 numpy [N x H x W x 3], clipped to [0, 255]."""
+        mean, std = self._tensors(x.device)
+        pixels = ((x.float() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+    def x0_range(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds [1 x 3 x 1 x 1] of valid pixels in network units, for clipping predicted x0."""
+        mean, std = self._tensors(device)
+        return (0.0 - mean) / std, (1.0 - mean) / std
+
+
+class Denoiser:
+    """``(x_t, signal_rate, noise_rate) -> (pred_eps, pred_x0)`` around a trained network.
+
+    The network is conditioned on the noise variance sigma^2 and predicts eps or v; on CUDA it
+    runs under bf16 autocast when ``autocast`` is set. Never mutates the network.
+    """
+
+    def __init__(self, network: UNet, prediction: str, normalization: PixelNormalization,
+                 autocast: torch.dtype | None = None):
+        self.network = network
+        self.prediction = prediction
+        self.normalization = normalization
+        self.autocast = autocast
+        self.device = next(network.parameters()).device
+        self.x0_range = normalization.x0_range(self.device)
+        self.calls = 0  # network evaluations, for the benchmarks and the UI
+
+    def _context(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    @torch.inference_mode()
+    def __call__(self, x_t: torch.Tensor, signal: float, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x_t.shape[0]
+        variance = torch.full((n,), noise**2, device=x_t.device, dtype=torch.float32)
+        with self._context():
+            out = self.network(x_t, variance)
+        out = out.float()
+        self.calls += 1
+        if self.prediction == "v":
+            return D.eps_x0_from_v(x_t, out, signal, noise)
+        return out, D.x0_from_eps(x_t, out, signal, noise)

@@ -1,0 +1,202 @@
+"""Samplers as generators of frozen step states; ``sample()`` drains one.
+
+Every sampler walks a ``TimeGrid`` (schedules.time_grid) from the noisiest level to clean, asks
+a denoiser for (predicted noise, predicted x0) at each level, and applies one pure step function
+from ``diffusion.py``. The loop owns no math and the math owns no loop.
+
+A denoiser is any callable ``(x_t [N x C x H x W], signal_rate: float, noise_rate: float) ->
+(pred_eps, pred_x0)``, e.g. ``model.Denoiser`` or an analytic one in the tests.
+
+Randomness: starting noise is an argument (``seed_noise`` draws it on the CPU per seed, so seed 7
+gives the same image on every machine and in any batch); stochastic steps draw from a
+``NoiseSource`` of per-image CPU generators for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from . import diffusion as D
+from .schedules import ScheduleConfig, TimeGrid, time_grid
+
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
+Denoise = Callable[[torch.Tensor, float, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: SamplerName = "ddim"
+    num_steps: int = 50  # 1..T; DDPM with num_steps = T is the full ancestral chain
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 the DDPM posterior variance
+    clip_denoised: bool = False  # clip predicted x0 to the data range, then recompute eps
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        if not isinstance(self.num_steps, (int, np.integer)) or self.num_steps < 1:
+            raise ValueError(f"number of steps must be a positive integer, got {self.num_steps!r}")
+        if not 0.0 <= float(self.eta) <= 1.0 or np.isnan(self.eta):
+            raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What one sampling step saw and produced. Tensors [N x C x H x W] on the sampling device."""
+
+    index: int  # 0-based step number
+    num_steps: int
+    t: float  # schedule time of x_t
+    signal_rate: float  # alpha_t
+    noise_rate: float  # sigma_t
+    x_t: torch.Tensor  # input of this step
+    pred_x0: torch.Tensor  # denoiser's estimate of x_0 from x_t
+    pred_noise: torch.Tensor  # denoiser's estimate of eps from x_t
+    x_next: torch.Tensor  # output of this step: x at the next (less noisy) level, x_0 after the last
+
+
+def seed_noise(seeds: Sequence[int], shape: tuple[int, int, int], device="cpu") -> torch.Tensor:
+    """Standard normal noise [N x C x H x W], image i drawn from its own CPU generator seeded with
+    seeds[i], so an image depends only on its seed (not on batch size, order or machine)."""
+    out = []
+    for seed in seeds:
+        g = torch.Generator(device="cpu").manual_seed(int(seed))
+        out.append(torch.randn(shape, generator=g, dtype=torch.float32))
+    return torch.stack(out).to(device)
+
+
+class NoiseSource:
+    """Per-image CPU generators for the noise of stochastic steps (DDPM, DDIM eta > 0)."""
+
+    def __init__(self, seeds: Sequence[int], device="cpu"):
+        # offset so that step noise never repeats the starting noise of the same seed
+        self.generators = [torch.Generator(device="cpu").manual_seed(int(s) + 0x5EED) for s in seeds]
+        self.device = device
+
+    def __call__(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g) for g in self.generators]).to(self.device)
+
+
+def _denoise(denoiser: Denoise, x: torch.Tensor, abar: float, clip: bool):
+    signal, noise = float(np.sqrt(abar)), float(np.sqrt(1.0 - abar))
+    eps, x0 = denoiser(x, signal, noise)
+    x_range = getattr(denoiser, "x0_range", None)
+    if clip and x_range is not None:
+        x0 = x0.clamp(*x_range)
+        eps = D.eps_from_x0(x, x0, signal, noise)
+    return signal, noise, eps, x0
+
+
+def _check_start(x_T: torch.Tensor, noise_source: NoiseSource | None, stochastic: bool) -> None:
+    if x_T.ndim != 4:
+        raise ValueError(f"starting noise must be [N x C x H x W], got shape {tuple(x_T.shape)}")
+    if stochastic and noise_source is None:
+        raise ValueError("this sampler is stochastic: pass a NoiseSource")
+
+
+def ddim_steps(denoiser: Denoise, grid: TimeGrid, x_T: torch.Tensor, eta: float = 0.0,
+               noise_source: NoiseSource | None = None, clip_denoised: bool = False) -> Iterator[StepState]:
+    """DDIM (Song et al. 2020, eq. 12 with sigma from eq. 16); eta = 0 is deterministic."""
+    _check_start(x_T, noise_source, eta > 0)
+    x = x_T
+    for i in range(grid.num_steps):
+        abar, abar_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        signal, noise, eps, x0 = _denoise(denoiser, x, abar, clip_denoised)
+        sigma = D.ddim_sigma(abar, abar_prev, eta)
+        z = noise_source(tuple(x.shape[1:])) if sigma > 0 else None
+        x_next = D.ddim_step(x0, eps, abar_prev, sigma, z)
+        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise, x, x0, eps, x_next)
+        x = x_next
+
+
+def ddpm_steps(denoiser: Denoise, grid: TimeGrid, x_T: torch.Tensor, noise_source: NoiseSource | None,
+               clip_denoised: bool = False) -> Iterator[StepState]:
+    """Ancestral DDPM (Ho et al. 2020, Algorithm 2) on the full grid or a respaced one, using the
+    posterior q(x_prev | x_t, x0_hat) of eqs. 6-7 between consecutive grid levels."""
+    _check_start(x_T, noise_source, True)
+    x = x_T
+    for i in range(grid.num_steps):
+        abar, abar_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        signal, noise, eps, x0 = _denoise(denoiser, x, abar, clip_denoised)
+        z = noise_source(tuple(x.shape[1:])) if abar_prev < 1.0 else None
+        x_next = D.ddpm_step(x, x0, abar, abar_prev, z)
+        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise, x, x0, eps, x_next)
+        x = x_next
+
+
+def dpm_solver_pp_2m_steps(denoiser: Denoise, grid: TimeGrid, x_T: torch.Tensor,
+                           clip_denoised: bool = False) -> Iterator[StepState]:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): deterministic, second order multistep,
+    data prediction; good images in 10 to 20 steps."""
+    _check_start(x_T, None, False)
+    x, x0_prev, h_prev = x_T, None, None
+    for i in range(grid.num_steps):
+        abar, abar_next = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        signal, noise, eps, x0 = _denoise(denoiser, x, abar, clip_denoised)
+        x_next, h = D.dpm_solver_pp_2m_step(x, x0, x0_prev, abar, abar_next, h_prev)
+        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise, x, x0, eps, x_next)
+        x, x0_prev, h_prev = x_next, x0, h
+
+
+def sample_steps(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Tensor, config: SamplerConfig,
+                 noise_source: NoiseSource | None = None) -> Iterator[StepState]:
+    """The step generator of the sampler ``config`` names, on the schedule's time grid."""
+    grid = time_grid(schedule, config.num_steps)
+    if config.name == "ddim":
+        return ddim_steps(denoiser, grid, x_T, config.eta, noise_source, config.clip_denoised)
+    if config.name == "ddpm":
+        return ddpm_steps(denoiser, grid, x_T, noise_source, config.clip_denoised)
+    return dpm_solver_pp_2m_steps(denoiser, grid, x_T, config.clip_denoised)
+
+
+def sample(steps: Iterator[StepState]) -> torch.Tensor:
+    """Drain a step generator and return the final x_0 [N x C x H x W]."""
+    state = None
+    for state in steps:
+        pass
+    if state is None:
+        raise ValueError("the sampler produced no steps")
+    return state.x_next
+
+
+def ddim_invert_steps(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Tensor, num_steps: int,
+                      fixed_point_iterations: int = 0) -> Iterator[StepState]:
+    """DDIM inversion: run the deterministic DDIM ODE backwards, from a clean image x_0 to the
+    starting noise x_T that DDIM (eta = 0, same ``num_steps``) maps back to x_0.
+
+    Walks the sampling grid in reverse. Sampling maps x_n (noisier level n) to
+    x_c = sqrt(abar_c) x0_hat(x_n) + sqrt(1 - abar_c) eps(x_n)   (Song et al. 2020, eq. 12, eta = 0),
+    so inverting a step means solving x_n = sqrt(abar_n) (x_c - sigma_c eps(x_n)) / alpha_c
+    + sigma_n eps(x_n) for x_n. The usual first-order inversion (eq. 13 read backwards) evaluates
+    eps at the current x instead; ``fixed_point_iterations`` > 0 then refines x_n by fixed-point
+    iteration (Pan et al. 2023, "Effective Real Image Editing with Accelerated Iterative Diffusion
+    Inversion"), one denoiser call each, which makes the round trip much tighter where steps are
+    large (few steps, or the continuous schedule's noisy last level). The states' ``x_next`` is
+    the noisier latent; the last one is x_T.
+    """
+    grid = time_grid(schedule, num_steps)
+    abars = grid.alphas_cumprod[::-1]  # [1.0, ..., abar_T]
+    times = grid.times[::-1]
+    x = x0
+    for i in range(grid.num_steps):
+        abar_cur, abar_next = float(abars[i]), float(abars[i + 1])
+        guess = x
+        for _ in range(fixed_point_iterations + 1):
+            signal, noise, eps, _ = _denoise(denoiser, guess, abar_next, False)
+            if abar_cur >= 1.0:
+                x0_hat = x
+            else:
+                x0_hat = D.x0_from_eps(x, eps, float(np.sqrt(abar_cur)), float(np.sqrt(1.0 - abar_cur)))
+            guess = D.ddim_step(x0_hat, eps, abar_next, 0.0, None)
+        yield StepState(i, grid.num_steps, float(times[i]), signal, noise, x, x0_hat, eps, guess)
+        x = guess
+
+
+def ddim_invert(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Tensor, num_steps: int,
+                fixed_point_iterations: int = 0) -> torch.Tensor:
+    """The starting noise x_T [N x C x H x W] whose DDIM (eta = 0) sample is x0."""
+    return sample(ddim_invert_steps(denoiser, schedule, x0, num_steps, fixed_point_iterations))

@@ -1,0 +1,153 @@
+"""Noise schedules: pure functions in float64, each citing its equation.
+
+Every schedule is reduced to the same two quantities, the signal rate ``alpha_t = sqrt(abar_t)``
+and the noise rate ``sigma_t = sqrt(1 - abar_t)`` of the forward process
+
+    q(x_t | x_0) = N(x_t; alpha_t x_0, sigma_t^2 I)                    (Ho et al. 2020, eq. 4)
+
+so that samplers and the network (which is conditioned on the noise variance ``sigma_t^2``) never
+need to know which schedule a model was trained with.
+
+Discrete schedules (DDPM) index time by the integer t in {0, ..., T-1}; the continuous schedule
+of the reference DDIM runs uses t in [0, 1]. A committed schedule never changes meaning: old
+checkpoints name their schedule by ``ScheduleConfig`` and must keep producing the same rates.
+
+Symbol map: ``betas`` = beta_t, ``alphas_cumprod`` = abar_t, ``signal_rate`` = sqrt(abar_t),
+``noise_rate`` = sqrt(1 - abar_t).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+ScheduleKind = Literal["linear", "cosine", "continuous_cosine"]
+Spacing = Literal["trailing"]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Which noise schedule a model was trained with. Saved in every checkpoint."""
+
+    kind: ScheduleKind = "continuous_cosine"
+    num_timesteps: int = 1000  # T, discrete schedules only
+    beta_start: float = 1e-4  # linear schedule only
+    beta_end: float = 0.02  # linear schedule only
+    cosine_s: float = 0.008  # Nichol & Dhariwal offset, discrete cosine only
+    max_signal_rate: float = 0.95  # continuous cosine only: signal rate at t = 0
+    min_signal_rate: float = 0.02  # continuous cosine only: signal rate at t = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "cosine", "continuous_cosine"):
+            raise ValueError(f"unknown schedule kind {self.kind!r}")
+        if self.num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError("need 0 < beta_start < beta_end < 1")
+        if not 0 < self.min_signal_rate < self.max_signal_rate <= 1:
+            raise ValueError("need 0 < min_signal_rate < max_signal_rate <= 1")
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.kind != "continuous_cosine"
+
+
+def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    """beta_t linear from beta_start to beta_end (Ho et al. 2020, sec. 4). Returns float64 [T]."""
+    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+
+
+def cosine_alphas_cumprod(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """abar_t of the cosine schedule (Nichol & Dhariwal 2021, eq. 17), float64 [T].
+
+    f(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), abar_t = f(t)/f(0), with the betas it implies
+    clipped to max_beta (their sec. 3.2) so the last step is not singular. Index t here is the
+    0-based step, abar of step t is f(t+1)/f(0).
+    """
+    steps = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
+    f = np.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = np.clip(1.0 - f[1:] / f[:-1], 0.0, max_beta)
+    return np.cumprod(1.0 - betas)
+
+
+def alphas_cumprod_from_betas(betas: np.ndarray) -> np.ndarray:
+    """abar_t = prod_{s<=t} (1 - beta_s) (Ho et al. 2020, notation above eq. 4). float64 [T]."""
+    return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
+
+
+def discrete_alphas_cumprod(config: ScheduleConfig) -> np.ndarray:
+    """abar_t for t = 0..T-1 of a discrete schedule, float64 [T], strictly decreasing."""
+    if config.kind == "linear":
+        return alphas_cumprod_from_betas(linear_betas(config.num_timesteps, config.beta_start, config.beta_end))
+    if config.kind == "cosine":
+        return cosine_alphas_cumprod(config.num_timesteps, config.cosine_s)
+    raise ValueError(f"{config.kind} is not a discrete schedule")
+
+
+def continuous_cosine_rates(t: np.ndarray | float, max_signal_rate: float = 0.95,
+                            min_signal_rate: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """Signal and noise rates of the Keras DDIM example's cosine schedule, t in [0, 1].
+
+    angle = acos(max_signal_rate) + t (acos(min_signal_rate) - acos(max_signal_rate)),
+    signal_rate = cos(angle), noise_rate = sin(angle); so signal^2 + noise^2 = 1 (variance
+    preserving) and t = 0 is the cleanest level the network was trained on.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    start, end = math.acos(max_signal_rate), math.acos(min_signal_rate)
+    angle = start + t * (end - start)
+    return np.cos(angle), np.sin(angle)
+
+
+def signal_noise_rates(config: ScheduleConfig, t: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha_t, sigma_t) at schedule time t: integer steps for discrete, [0, 1] for continuous."""
+    if config.is_discrete:
+        abar = discrete_alphas_cumprod(config)[np.asarray(t, dtype=np.int64)]
+        return np.sqrt(abar), np.sqrt(1.0 - abar)
+    return continuous_cosine_rates(t, config.max_signal_rate, config.min_signal_rate)
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """The levels a sampler walks through, from noisiest to clean.
+
+    ``times[i]`` is the schedule time of step i (S entries). ``alphas_cumprod`` has S + 1 entries:
+    abar at each step's time, then 1.0 for the clean end point x_0 (so the last step returns its
+    predicted x0, as DDIM's final step does).
+    """
+
+    times: np.ndarray  # [S] schedule times, noisiest first
+    alphas_cumprod: np.ndarray  # [S + 1] float64, increasing, last = 1.0
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.times)
+
+
+def max_sampling_steps(config: ScheduleConfig) -> int:
+    """Largest step count a sampler may use: T for discrete schedules, 1000 for continuous."""
+    return config.num_timesteps if config.is_discrete else 1000
+
+
+def time_grid(config: ScheduleConfig, num_steps: int) -> TimeGrid:
+    """The sampling grid of ``num_steps`` steps.
+
+    Discrete schedules use "trailing" spacing (Lin et al. 2024, "Common Diffusion Noise Schedules
+    and Sample Steps are Flawed", Table 2): t_i = round(T - i T / S) - 1 for i = 0..S-1, so the
+    first step always starts at t = T-1 (the noisiest level trained), S = T gives every step
+    T-1..0, and S = 1 gives the single step T-1 -> clean. Continuous: t_i = 1 - i / S.
+    """
+    limit = max_sampling_steps(config)
+    if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= limit:
+        raise ValueError(f"number of sampling steps must be an integer from 1 to {limit}, got {num_steps!r}")
+    if config.is_discrete:
+        T = config.num_timesteps
+        times = np.round(T - np.arange(num_steps) * (T / num_steps)).astype(np.int64) - 1
+        abar = discrete_alphas_cumprod(config)[times]
+    else:
+        times = 1.0 - np.arange(num_steps, dtype=np.float64) / num_steps
+        signal, _ = continuous_cosine_rates(times, config.max_signal_rate, config.min_signal_rate)
+        abar = signal**2
+    return TimeGrid(times=times, alphas_cumprod=np.concatenate([abar, [1.0]]))

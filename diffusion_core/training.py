@@ -1,0 +1,300 @@
+"""Training: AdamW, EMA, the experiment's loss, bf16 autocast and channels_last on CUDA, gradient
+clipping, sample grids, JSON-lines log, atomic checkpoints and exact resume.
+
+Exact resume: every random draw of step s (batch order, flips, noise levels, noise) comes from
+generators seeded by (seed, epoch) or (seed, s), so a run stopped after step s and resumed from
+its state (model, EMA, optimizer, step) continues bit for bit as if it had never stopped.
+
+Output folder ``out/``:
+    model.json, model.safetensors   EMA weights (fp32) and description: the usable model
+    state.json, state.safetensors   everything to resume (model, EMA, optimizer, step, wall time)
+    log.jsonl                       one JSON object per logged step
+    samples/epoch_NNNN.png          sample grids (EMA weights, DDIM)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import diffusion as D
+from .checkpoint import CheckpointError, atomic_save_tensors, describe_model, save_checkpoint, write_json
+from .config import ExperimentConfig
+from .images import make_grid, save_png
+from .model import PixelNormalization
+from .samplers import SamplerConfig, sample, sample_steps, seed_noise
+from .unet import UNet
+
+STATE_FORMAT = "diffusion-explorer-train-state/1"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    device: str = "cpu"
+    compile: bool = False  # torch.compile the network (CUDA; falls back cleanly if it fails)
+    max_steps: int | None = None  # stop (and save) after this many steps in total
+    time_limit: float | None = None  # stop (and save) after this many seconds in this call
+    log_every: int = 50
+    progress: bool = True
+    sample_count: int = 16  # images in each sample grid
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
+
+
+class Trainer:
+    """Trains one experiment on one uint8 image set [N x H x W x 3] into ``out_dir``."""
+
+    def __init__(self, experiment: ExperimentConfig, images: np.ndarray, out_dir: str | Path,
+                 options: RunOptions = RunOptions(), dataset: dict[str, Any] | None = None):
+        size = experiment.network.image_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
+            raise ValueError(f"training images must be uint8 [N x {size} x {size} x 3], got {images.dtype} {images.shape}")
+        self.exp, self.opt = experiment, options
+        self.out = Path(out_dir)
+        self.device = torch.device(options.device)
+        self.cuda = self.device.type == "cuda"
+        self.dataset = dict(dataset or {}, size=int(len(images)))
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        # the decoded data set lives on the device; augmentation happens there
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        if experiment.data.normalization == "dataset":
+            self.normalization = PixelNormalization.from_images(images)
+        else:
+            self.normalization = PixelNormalization()
+        torch.manual_seed(experiment.train.seed)  # network initialisation
+        fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        self.network = UNet(experiment.network).to(self.device, memory_format=fmt)
+        self.ema = UNet(experiment.network).to(self.device, memory_format=fmt)
+        self.ema.load_state_dict(self.network.state_dict())
+        self.ema.eval().requires_grad_(False)
+        t = experiment.train
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=t.learning_rate,
+                                           weight_decay=t.weight_decay, fused=self.cuda)
+        self.forward = self.network
+        if options.compile:
+            try:
+                self.forward = torch.compile(self.network)
+            except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+                print(f"torch.compile unavailable ({e}); training eagerly")
+        self.levels = D.TrainingNoiseLevels(experiment.schedule, self.device)
+        self.gen = torch.Generator(device=self.device)
+        self.step = 0
+        self.wall_time = 0.0
+        self.last_loss = float("nan")
+        n = len(images)
+        self.items_per_epoch = 2 * n if experiment.data.augment == "flip_x2" else n
+        self.steps_per_epoch = max(1, self.items_per_epoch // t.batch_size)  # drop the ragged batch
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self._order_epoch, self._order = -1, None
+
+    # --- one step -------------------------------------------------------------------------
+    def _batch(self, step: int) -> torch.Tensor:
+        """uint8 images of this step's batch, augmented, in network units [B x 3 x S x S]."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if self._order_epoch != epoch:  # one shuffle per epoch, seeded by (seed, epoch)
+            g = torch.Generator().manual_seed(_step_seed(self.exp.train.seed, -1 - epoch))
+            self._order = torch.randperm(self.items_per_epoch, generator=g).to(self.device)
+            self._order_epoch = epoch
+        b = self.exp.train.batch_size
+        idx = self._order[within * b:(within + 1) * b]
+        n = len(self.images)
+        x = self.images[idx % n]
+        if self.exp.data.augment == "flip_x2":
+            flip = idx >= n
+        elif self.exp.data.augment == "flip":
+            flip = torch.rand(len(idx), generator=self.gen, device=self.device) < 0.5
+        else:
+            flip = None
+        x = self.normalization.to_model(x)
+        if flip is not None:
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def _loss(self, x0: torch.Tensor) -> torch.Tensor:
+        signal, noise = self.levels.draw(x0.shape[0], self.gen)
+        eps = torch.randn(x0.shape, generator=self.gen, device=self.device)
+        s, n = signal[:, None, None, None], noise[:, None, None, None]
+        x_t = D.q_sample(x0, s, n, eps)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            out = self.forward(x_t, noise**2).float()
+        target = eps if self.exp.train.prediction == "eps" else D.v_from_eps_x0(eps, x0, s, n)
+        if self.exp.train.loss == "l1":
+            return F.l1_loss(out, target)
+        return F.mse_loss(out, target)
+
+    def _lr(self, step: int) -> float:
+        t = self.exp.train
+        if t.warmup_steps and step < t.warmup_steps:
+            return t.learning_rate * (step + 1) / t.warmup_steps
+        return t.learning_rate
+
+    def train_step(self) -> torch.Tensor:
+        self.gen.manual_seed(_step_seed(self.exp.train.seed, self.step))
+        self.network.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(self.step)
+        loss = self._loss(self._batch(self.step))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.exp.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.exp.train.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        return loss.detach()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, for parameters and BatchNorm statistics
+        alike (as the Keras example's EMA over ``network.weights``)."""
+        decay = self.exp.train.ema_decay
+        ema_p = [p for p in self.ema.parameters()]
+        ema_p += [b for b in self.ema.buffers() if b.is_floating_point()]
+        net_p = [p.detach() for p in self.network.parameters()]
+        net_p += [b for b in self.network.buffers() if b.is_floating_point()]
+        torch._foreach_lerp_(ema_p, net_p, 1.0 - decay)
+
+    # --- the loop -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train until the last epoch, ``max_steps`` or ``time_limit``; returns a summary."""
+        from tqdm import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        stop = self.total_steps if self.opt.max_steps is None else min(self.total_steps, self.opt.max_steps)
+        start_step, started = self.step, time.perf_counter()
+        bar = tqdm(total=stop, initial=self.step, disable=not self.opt.progress, unit="step", dynamic_ncols=True)
+        window_loss, window_n, window_t = None, 0, time.perf_counter()
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as log:
+            while self.step < stop:
+                loss = self.train_step()
+                window_loss = loss if window_loss is None else window_loss + loss
+                window_n += 1
+                bar.update(1)
+                epoch_done = self.step % self.steps_per_epoch == 0
+                if window_n >= self.opt.log_every or epoch_done or self.step == stop:
+                    window_loss, window_n, window_t = self._log(log, bar, window_loss, window_n, window_t)
+                if epoch_done:
+                    self._end_of_epoch(self.step // self.steps_per_epoch)
+                if self.opt.time_limit and time.perf_counter() - started > self.opt.time_limit:
+                    break
+        bar.close()
+        self.wall_time += time.perf_counter() - started
+        self.save()
+        return {"steps": self.step, "steps_this_call": self.step - start_step, "finished": self.finished,
+                "epochs": self.step / self.steps_per_epoch, "loss": self.last_loss, "wall_time_s": self.wall_time}
+
+    def _log(self, log, bar, window_loss, window_n, window_t):
+        now = time.perf_counter()
+        loss = float(window_loss) / window_n  # one device sync per logged window
+        ips = window_n * self.exp.train.batch_size / max(now - window_t, 1e-9)
+        self.last_loss = loss
+        record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "loss": loss,
+                  "images_per_s": round(ips, 1), "lr": self._lr(self.step - 1), "time": time.time()}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
+        return None, 0, now
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        t = self.exp.train
+        if t.sample_every and epoch % t.sample_every == 0:
+            self.sample_grid(self.out / "samples" / f"epoch_{epoch:04d}.png")
+        if t.checkpoint_every and epoch % t.checkpoint_every == 0:
+            self.save()
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> Path:
+        """A grid of EMA samples from fixed seeds 0..n-1 (so grids of epochs are comparable)."""
+        from .model import Denoiser
+
+        denoiser = Denoiser(self.ema, self.exp.train.prediction, self.normalization,
+                            torch.bfloat16 if self.cuda else None)
+        shape = (3, self.exp.network.image_size, self.exp.network.image_size)
+        x_T = seed_noise(range(self.opt.sample_count), shape, self.device)
+        cfg = SamplerConfig("ddim", min(self.exp.train.sample_steps, 1000), 0.0)
+        x0 = sample(sample_steps(denoiser, self.exp.schedule, x_T, cfg))
+        return save_png(make_grid(self.normalization.to_pixels(x0)), path)
+
+    # --- saving and resuming ------------------------------------------------------------------
+    def training_facts(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "steps": self.step, "epochs_completed": self.step / self.steps_per_epoch,
+                "epochs_planned": self.exp.train.epochs, "images_seen": self.step * self.exp.train.batch_size,
+                "wall_time_s": round(self.wall_time, 1), "device": _device_name(self.device),
+                "final_loss": self.last_loss, "torch": torch.__version__, "finished": self.finished}
+
+    def save(self) -> None:
+        """Write the EMA model and the full resume state, each atomically."""
+        desc = describe_model(self.exp, self.normalization, self.ema, self.training_facts())
+        save_checkpoint(self.out / "model", self.ema.state_dict(), desc)
+        tensors = {f"model.{k}": v for k, v in self.network.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        for i, p in enumerate(self.network.parameters()):
+            for k, v in self.optimizer.state.get(p, {}).items():
+                tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        atomic_save_tensors(tensors, self.out / "state.safetensors", {"format": STATE_FORMAT})
+        write_json(self.out / "state.json", {"format": STATE_FORMAT, "step": self.step, "wall_time_s": self.wall_time,
+                                             "last_loss": self.last_loss, "experiment": self.exp.to_dict(),
+                                             "normalization": desc["normalization"], "dataset": self.dataset})
+
+    def resume(self) -> bool:
+        """Load ``state.*`` from the output folder if present; returns whether it did."""
+        from safetensors.torch import load_file
+
+        jpath = self.out / "state.json"
+        if not jpath.exists():
+            return False
+        state = json.loads(jpath.read_text())
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{jpath} is not a training state")
+        if state["experiment"] != json.loads(json.dumps(self.exp.to_dict())):
+            raise CheckpointError(f"{jpath} belongs to a different configuration; use a new --out folder")
+        if state["dataset"].get("size") != self.dataset.get("size"):
+            raise CheckpointError(f"{jpath} was trained on {state['dataset'].get('size')} images, now {self.dataset.get('size')}")
+        tensors = load_file(str(self.out / "state.safetensors"), device=str(self.device))
+        self.network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        for i, p in enumerate(self.network.parameters()):
+            entries = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"optim.{i}.")}
+            if entries:
+                if "step" in entries:
+                    entries["step"] = entries["step"].to("cpu" if not self.cuda else self.device)
+                self.optimizer.state[p] = entries
+        self.normalization = PixelNormalization(**state["normalization"])
+        self.step, self.wall_time, self.last_loss = state["step"], state["wall_time_s"], state["last_loss"]
+        return True
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def resolve_device(name: str | None) -> str:
+    """"auto" (or None) picks CUDA, then Apple MPS, then CPU."""
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but CUDA is not available")
+    return name

@@ -1,0 +1,174 @@
+"""The U-Net noise-prediction network of the reference design (the Keras "Denoising Diffusion
+Implicit Models" example), configurable in widths, depth, image size and optional attention.
+
+Layout (widths = [w_0, ..., w_L]):
+    x [N x 3 x S x S] -> 1x1 conv to w_0, concatenated with the noise embedding upsampled to S x S
+    down level k < L:  block_depth residual blocks of width w_k (each output kept as a skip),
+                       then 2x average pooling
+    middle:            block_depth residual blocks of width w_L
+    up level k < L:    2x bilinear upsampling, then block_depth residual blocks of width w_k,
+                       each on [x, skip] concatenated (skips popped in reverse order)
+    out:               1x1 conv to 3 channels, initialised to zero
+Residual block: BatchNorm (no affine) -> 3x3 conv -> swish -> 3x3 conv, plus x (or a 1x1 conv
+of x where the width changes). The network is conditioned on the noise variance sigma^2 through a
+sinusoidal embedding with frequencies log-spaced from 1 to ``embedding_max_frequency``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    widths: tuple[int, ...] = (32, 64, 96, 128)  # channels per level; len(widths) - 1 poolings
+    block_depth: int = 2  # residual blocks per level (2 to 4 in the seed experiments)
+    image_size: int = 64  # square input size; must divide by 2 ** (len(widths) - 1)
+    attention_resolutions: tuple[int, ...] = ()  # feature-map sizes with self-attention after each block
+    attention_heads: int = 4
+    embedding_dims: int = 32  # sinusoidal noise-embedding size
+    embedding_min_frequency: float = 1.0
+    embedding_max_frequency: float = 1000.0
+    channels: int = 3
+    batchnorm_momentum: float = 0.01  # PyTorch convention; Keras' 0.99
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        if len(self.widths) < 2 or any(w < 1 for w in self.widths):
+            raise ValueError(f"widths needs at least two positive entries, got {list(self.widths)}")
+        if not 1 <= self.block_depth <= 8:
+            raise ValueError(f"block_depth must be from 1 to 8, got {self.block_depth}")
+        factor = 2 ** (len(self.widths) - 1)
+        if self.image_size < factor or self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of {factor} "
+                             f"for {len(self.widths)} widths ({len(self.widths) - 1} poolings)")
+        if self.embedding_dims % 2:
+            raise ValueError("embedding_dims must be even")
+        for r in self.attention_resolutions:
+            if r not in self.resolutions:
+                raise ValueError(f"attention resolution {r} is not one of the levels {self.resolutions}")
+            width = self.widths[self.resolutions.index(r)]
+            if width % self.attention_heads:
+                raise ValueError(f"width {width} at resolution {r} is not divisible by {self.attention_heads} heads")
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map size of each level, e.g. (80, 40, 20, 10, 5)."""
+        return tuple(self.image_size // 2**k for k in range(len(self.widths)))
+
+
+def sinusoidal_embedding(noise_variance: torch.Tensor, dims: int, min_freq: float, max_freq: float) -> torch.Tensor:
+    """[N] -> [N x dims]: sin and cos of 2 pi f v for dims/2 frequencies f log-spaced in [min, max]."""
+    freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), dims // 2,
+                                     device=noise_variance.device, dtype=torch.float32))
+    angles = 2.0 * math.pi * freqs[None, :] * noise_variance.float()[:, None]  # [N x dims/2]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class ResidualBlock(nn.Module):
+    """BatchNorm (no affine) -> 3x3 conv -> swish -> 3x3 conv, plus a (1x1-projected) shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, momentum: float):
+        super().__init__()
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.norm = nn.BatchNorm2d(in_ch, affine=False, momentum=momentum, eps=1e-3)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv2(F.silu(self.conv1(self.norm(x))))
+        return h + self.shortcut(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H*W positions, GroupNorm in, residual out."""
+
+    def __init__(self, ch: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(min(32, ch), ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.out = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).unbind(1)
+        # [N x heads x HW x c/heads] each
+        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.out(a.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, sigma_t^2): [N x C x S x S], [N] -> [N x C x S x S]."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = c = config
+        widths, depth = c.widths, c.block_depth
+        self.stem = nn.Conv2d(c.channels, widths[0], 1)
+        ch = widths[0] + c.embedding_dims
+        self.down = nn.ModuleList()
+        skip_channels = []
+        for level, width in enumerate(widths[:-1]):
+            blocks = nn.ModuleList()
+            for _ in range(depth):
+                blocks.append(self._block(ch, width, c.resolutions[level]))
+                ch = width
+                skip_channels.append(ch)
+            self.down.append(blocks)
+        self.middle = nn.ModuleList()
+        for _ in range(depth):
+            self.middle.append(self._block(ch, widths[-1], c.resolutions[-1]))
+            ch = widths[-1]
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths) - 1)):
+            blocks = nn.ModuleList()
+            for _ in range(depth):
+                blocks.append(self._block(ch + skip_channels.pop(), widths[level], c.resolutions[level]))
+                ch = widths[level]
+            self.up.append(blocks)
+        self.head = nn.Conv2d(ch, c.channels, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def _block(self, in_ch: int, out_ch: int, resolution: int) -> nn.Module:
+        block = ResidualBlock(in_ch, out_ch, self.config.batchnorm_momentum)
+        if resolution in self.config.attention_resolutions:
+            return nn.Sequential(block, SelfAttention(out_ch, self.config.attention_heads))
+        return block
+
+    def forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        n, _, h, w = x.shape
+        if (h, w) != (c.image_size, c.image_size):
+            raise ValueError(f"this network takes {c.image_size}x{c.image_size} images, got {h}x{w}")
+        e = sinusoidal_embedding(noise_variance.reshape(n), c.embedding_dims,
+                                 c.embedding_min_frequency, c.embedding_max_frequency)  # [N x E]
+        e = e.to(x.dtype)[:, :, None, None].expand(n, c.embedding_dims, h, w)  # nearest upsampling
+        x = torch.cat([self.stem(x), e], dim=1)  # [N x (w0 + E) x S x S]
+        skips = []
+        for blocks in self.down:
+            for block in blocks:
+                x = block(x)
+                skips.append(x)
+            x = F.avg_pool2d(x, 2)
+        for block in self.middle:
+            x = block(x)
+        for blocks in self.up:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            for block in blocks:
+                x = block(torch.cat([x, skips.pop()], dim=1))
+        return self.head(x)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
