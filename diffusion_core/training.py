@@ -146,9 +146,19 @@ class Trainer:
         self.network.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
-        loss = self._loss(self._batch(self.step))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss = self._loss(self._batch(self.step))
+            loss.backward()
+        except Exception as e:  # noqa: BLE001 - torch.compile fails lazily, at the first call
+            if self.forward is self.network:
+                raise
+            print(f"compiled network failed ({type(e).__name__}: {str(e)[:200]}); training eagerly")
+            self.forward = self.network
+            self.optimizer.zero_grad(set_to_none=True)
+            self.gen.manual_seed(_step_seed(self.exp.train.seed, self.step))
+            loss = self._loss(self._batch(self.step))
+            loss.backward()
         if self.exp.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.exp.train.grad_clip)
         self.optimizer.step()

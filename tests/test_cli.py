@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_core.cli import build_parser, main
+from tests.helpers import make_tiny_checkpoint, random_images
+
+COMMANDS = ["train", "sample", "interpolate", "invert", "export", "evaluate"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_explains_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings} has no help"
+            assert action.option_strings[-1] in out
+
+
+def test_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "diffusion_core", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "train" in r.stdout and "interpolate" in r.stdout
+
+
+def test_train_then_use_the_model(tmp_path, capsys):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i, img in enumerate(random_images(10, 32)):
+        Image.fromarray(img).save(data / f"{i}.png")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('[network]\nwidths = [8, 16]\nblock_depth = 1\nimage_size = 16\n'
+                   '[train]\nepochs = 2\nbatch_size = 4\nsample_every = 1\ncheckpoint_every = 1\n')
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--data", str(data), "--out", str(run), "--device", "cpu", "--quiet",
+                 "--max-steps", "3", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "not finished" in capsys.readouterr().out
+    assert main(["train", str(cfg), "--data", str(data), "--out", str(run), "--device", "cpu", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "finished" in out
+    assert main(["export", str(run), str(tmp_path / "ck" / "tiny")]) == 0
+    ck = str(tmp_path / "ck" / "tiny.json")
+    assert main(["sample", ck, "--seeds", "0-3", "--steps", "4", "--out", str(tmp_path / "g.png"), "--device", "cpu"]) == 0
+    grid = np.asarray(Image.open(tmp_path / "g.png"))
+    assert grid.shape == (2 + 2 * 18, 2 + 2 * 18, 3)  # 2x2 grid of 16 px with 2 px padding
+    assert main(["interpolate", ck, "--seeds", "1", "2", "--frames", "5", "--steps", "3",
+                 "--out", str(tmp_path / "i.gif"), "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "i.gif").n_frames == 5
+    assert main(["invert", ck, str(data / "0.png"), "--steps", "5", "--out", str(tmp_path / "inv"), "--device", "cpu"]) == 0
+    assert (tmp_path / "inv.safetensors").exists() and (tmp_path / "inv.png").exists()
+
+
+def test_user_errors_are_messages(tmp_path, capsys):
+    ck = make_tiny_checkpoint(tmp_path)
+    assert main(["sample", str(ck), "--steps", "0", "--device", "cpu"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "missing.json"), "--device", "cpu"]) == 2
+    assert "no checkpoint description" in capsys.readouterr().err
+    assert main(["invert", str(ck), str(tmp_path / "nope.png"), "--device", "cpu"]) == 2
+    assert "no image" in capsys.readouterr().err
+    (tmp_path / "notimage.png").write_text("hello")
+    assert main(["invert", str(ck), str(tmp_path / "notimage.png"), "--device", "cpu"]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "experiments/ddim_01.toml", "--data", str(empty), "--out", str(tmp_path / "r"),
+                 "--device", "cpu"]) == 2
+    assert str(empty) in capsys.readouterr().err
+    assert main(["sample", str(ck), "--seeds", "5-2", "--device", "cpu"]) == 2
+    assert "seed range '5-2'" in capsys.readouterr().err
