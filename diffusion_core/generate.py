@@ -27,24 +27,25 @@ def check_sampler(model: LoadedModel, config: SamplerConfig) -> None:
 
 
 def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
-                autocast: torch.dtype | None = None) -> Iterator[StepState]:
-    """The sampler's step generator for these seeds on the model's device."""
+                autocast: torch.dtype | None = None, per_image_noise: bool = True) -> Iterator[StepState]:
+    """The sampler's step generator for these seeds on the model's device (see NoiseSource for
+    ``per_image_noise``)."""
     check_sampler(model, config)
     if not seeds:
         raise ValueError("give at least one seed")
     x_T = seed_noise(seeds, model.image_shape, model.device)
-    noise = NoiseSource(seeds, model.device)
+    noise = NoiseSource(seeds, model.device, per_image_noise)
     return sample_steps(model.denoiser(autocast), model.experiment.schedule, x_T, config, noise)
 
 
 def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
-             autocast: torch.dtype | None = None) -> np.ndarray:
+             autocast: torch.dtype | None = None, per_image_noise: bool = True) -> np.ndarray:
     """Samples for ``seeds`` as uint8 [N x H x W x 3]; large requests run in chunks."""
     size = model.experiment.network.image_size
     chunk = max(1, MAX_BATCH_PIXELS // (size * size))
     out = []
     for i in range(0, len(seeds), chunk):
-        x0 = sample(step_states(model, list(seeds[i:i + chunk]), config, autocast))
+        x0 = sample(step_states(model, list(seeds[i:i + chunk]), config, autocast, per_image_noise))
         out.append(model.normalization.to_pixels(x0))
     return np.concatenate(out)
 

@@ -1,0 +1,119 @@
+"""The project's FID protocol for a trained model: N samples (seeds 0..N-1) against the N training
+images at the model's resolution, FID and KID with the standard FID Inception weights, the
+real-vs-real floor, and the share of near-copies of training images (memorisation)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import LoadedModel, load_checkpoint, update_description
+from .fid import (FeatureExtractor, fid_from_features, load_feature_extractor, near_copy_report)
+from .generate import generate
+from .samplers import SamplerConfig
+
+
+def cached_features(images: np.ndarray, name: str, extractor: FeatureExtractor, cache_dir: str | Path) -> np.ndarray:
+    """Inception features [N x 2048] of uint8 images [N x R x R x 3], cached as .npz (float32 on
+    disk, float64 out) keyed by data-set name, resolution, count, pixels and weights."""
+    pixels = hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()[:10]
+    weights = hashlib.sha256(extractor.weights_id.encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "images"
+    path = Path(cache_dir) / f"{slug}-{images.shape[1]}px-n{len(images)}-{pixels}-w{weights}-features.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                feats = z["features"]
+            if feats.shape == (len(images), 2048):
+                return feats.astype(np.float64)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache: recompute
+    feats = extractor(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, features=feats.astype(np.float32), weights=extractor.weights_id)
+    tmp.replace(path)
+    return feats
+
+
+def real_vs_real_floor(real_feats: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """FID and KID between two random halves of the real set: what "good" means at this N."""
+    order = np.random.default_rng(seed).permutation(len(real_feats))
+    half = len(order) // 2
+    r = fid_from_features(real_feats[order[:half]], real_feats[order[half:]], kid_subset_size=min(1000, half))
+    return {"fid": r["fid"], "kid": r["kid"], "n_a": r["n_a"], "n_b": r["n_b"]}
+
+
+def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, sampler: SamplerConfig,
+                   num_samples: int, extractor: FeatureExtractor, cache_dir: str | Path,
+                   memorization: bool = True, autocast: torch.dtype | None = None) -> dict[str, Any]:
+    """FID/KID of ``num_samples`` samples against the real images (uint8 [N x R x R x 3] at the
+    model's resolution R); optionally the near-copy share. Returns a JSON-ready dict."""
+    size = model.experiment.network.image_size
+    if real_images.shape[1:] != (size, size, 3):
+        raise ValueError(f"reference images are {real_images.shape[1]} px, the model makes {size} px")
+    if num_samples < 2:
+        raise ValueError("FID needs at least 2 samples")
+    start = time.perf_counter()
+    # one noise generator per batch on the device: per-image CPU generators would dominate the
+    # time of 1000-step ancestral sampling on a GPU
+    samples = generate(model, list(range(num_samples)), sampler, autocast, per_image_noise=False)
+    sample_time = time.perf_counter() - start
+    real_feats = cached_features(real_images, real_name, extractor, cache_dir)
+    fake_feats = extractor(samples)
+    r = fid_from_features(fake_feats, real_feats, kid_subset_size=min(1000, num_samples, len(real_images)))
+    result = {"fid": round(r["fid"], 3), "kid": round(r["kid"], 5), "kid_std": round(r["kid_std"], 5),
+              "num_samples": num_samples, "num_reference": len(real_images),
+              "reference": f"{real_name} at {size}px", "sampler": sampler.name, "steps": sampler.num_steps,
+              "eta": sampler.eta, "weights": extractor.weights_id, "sampling_time_s": round(sample_time, 1)}
+    if memorization:
+        report = near_copy_report(fake_feats, real_feats, percentile=1.0)
+        result["near_copy_share"] = round(report["share"], 4)
+        result["near_copy_threshold"] = round(report["threshold"], 3)
+        result["median_nn_distance"] = round(float(np.median(report["distances"])), 3)
+    return result
+
+
+def record_result(path: str | Path, result: dict[str, Any], protocol: bool) -> dict[str, Any]:
+    """Append ``result`` to the checkpoint's metrics["evaluations"]; when it follows the project's
+    protocol, also set metrics fid/kid/near-copy for tables and the app."""
+    from .checkpoint import read_description
+
+    metrics = dict(read_description(path).get("metrics", {}))
+    runs = [r for r in metrics.get("evaluations", []) if not (
+        r.get("sampler"), r.get("steps"), r.get("eta"), r.get("num_samples")) == (
+        result["sampler"], result["steps"], result["eta"], result["num_samples"])]
+    metrics["evaluations"] = runs + [result]
+    if protocol:
+        metrics.update({k: result[k] for k in ("fid", "kid", "kid_std", "num_samples", "sampler", "steps", "eta",
+                                               "weights", "reference") if k in result})
+        for k in ("near_copy_share", "near_copy_threshold"):
+            if k in result:
+                metrics[k] = result[k]
+    return update_description(path, metrics=metrics)
+
+
+def evaluate_checkpoint(args) -> dict[str, Any]:
+    """The CLI's ``evaluate``: see ``python -m diffusion_core evaluate --help``."""
+    from .data import load_image_set
+    from .training import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_checkpoint(args.checkpoint, device)
+    size = model.experiment.network.image_size
+    real = load_image_set(args.data, size, cache_dir=Path(args.cache_dir) / "data")
+    extractor = load_feature_extractor(args.fid_weights, device, batch_size=min(args.batch_size, 200))
+    sampler = SamplerConfig(args.sampler, args.steps, args.eta, args.clip)
+    autocast = torch.bfloat16 if device.startswith("cuda") else None
+    result = evaluate_model(model, real.images, real.name, sampler, args.num_samples, extractor, args.cache_dir,
+                            memorization=args.memorization, autocast=autocast)
+    result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, args.cache_dir))
+    if not args.no_write:
+        record_result(model.path, result, protocol=(args.num_samples == len(real.images)))
+    return result

@@ -1,0 +1,94 @@
+"""On the GPU machine, after training: export each run's EMA weights as fp16 checkpoints, measure
+FID/KID/near-copies with the project's protocol, the real-vs-real floor per resolution and the
+steps table for chosen models, and pack everything for the trip back.
+
+python3 scripts/gpu/collect.py --data DATA --fid-weights W --out DIR [--table NAME ...] [--ship NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from diffusion_core.checkpoint import load_checkpoint, read_description, save_checkpoint, write_json
+from diffusion_core.data import load_image_set
+from diffusion_core.evaluation import cached_features, evaluate_model, real_vs_real_floor, record_result
+from diffusion_core.fid import load_feature_extractor
+from diffusion_core.samplers import SamplerConfig
+
+TABLE = [("ddim", 10, 0.0), ("ddim", 20, 0.0), ("ddim", 50, 0.0), ("ddim", 100, 0.0),
+         ("ddim", 10, 1.0), ("ddim", 20, 1.0), ("ddim", 50, 1.0), ("ddim", 100, 1.0), ("ddpm", 1000, 0.0)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    p.add_argument("--fid-weights", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--table", nargs="*", default=[], help="runs that get the full steps table")
+    p.add_argument("--ship", nargs="*", default=[], help="runs whose fp16 weights are packed")
+    p.add_argument("--num-samples", type=int, default=0, help="0: as many as real images")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--only", nargs="*", help="evaluate only these runs (to spread runs over GPUs)")
+    p.add_argument("--tag", default="all", help="results file name: results_TAG.json")
+    args = p.parse_args()
+    out = Path(args.out)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    extractor = load_feature_extractor(args.fid_weights, args.device, batch_size=200)
+    results: dict = {"weights": extractor.weights_id, "floors": {}, "runs": {}}
+    real_cache: dict = {}
+    for run in sorted(Path(args.runs).glob("*/model.json")):
+        name = run.parent.name
+        if args.only and name not in args.only:
+            continue
+        t0 = time.perf_counter()
+        model = load_checkpoint(run, args.device)
+        size = model.experiment.network.image_size
+        if size not in real_cache:
+            real = load_image_set(args.data, size, cache_dir=".cache/data")
+            feats = cached_features(real.images, real.name, extractor, ".cache/fid")
+            real_cache[size] = real
+            results["floors"][size] = real_vs_real_floor(feats)
+            print(f"floor at {size}px: {results['floors'][size]}", flush=True)
+        real = real_cache[size]
+        n = args.num_samples or len(real)
+        configs = TABLE if name in args.table else [("ddim", 50, 0.0)]
+        if model.experiment.family == "ddpm" and name not in args.table:
+            configs = configs + [("ddpm", 1000, 0.0)]  # the DDPM paper's own sampler too
+        evals = []
+        for sampler, steps, eta in configs:
+            r = evaluate_model(model, real.images, real.name, SamplerConfig(sampler, steps, eta), n, extractor,
+                               ".cache/fid", memorization=(sampler, steps, eta) == ("ddim", 50, 0.0),
+                               autocast=torch.bfloat16 if args.device.startswith("cuda") else None)
+            record_result(run, r, protocol=(sampler, steps, eta) == ("ddim", 50, 0.0) and n == len(real))
+            evals.append(r)
+            print(f"{name} {sampler} {steps} eta={eta}: FID {r['fid']:.2f} KID {r['kid']:.4f} "
+                  f"near-copies {r.get('near_copy_share', '-')} ({r['sampling_time_s']} s)", flush=True)
+        results["runs"][name] = {"evaluations": evals, "training": read_description(run)["training"],
+                                 "eval_time_s": round(time.perf_counter() - t0, 1)}
+        dest = out / "checkpoints" / name
+        desc = dict(read_description(run))
+        desc.pop("weights_files", None)
+        desc["weights"] = "EMA, float16"
+        if name in args.ship:
+            save_checkpoint(dest, model.network.state_dict(), desc, dtype=torch.float16)
+        else:
+            write_json(out / "descriptions" / f"{name}.json", desc)
+        log = run.parent / "log.jsonl"
+        if log.exists():
+            (out / "logs").mkdir(parents=True, exist_ok=True)
+            (out / "logs" / f"{name}.log.jsonl").write_bytes(log.read_bytes())
+        grids = sorted((run.parent / "samples").glob("*.png"))
+        if grids:
+            (out / "grids").mkdir(parents=True, exist_ok=True)
+            (out / "grids" / f"{name}.png").write_bytes(grids[-1].read_bytes())
+        write_json(out / f"results_{args.tag}.json", results)  # after each run: partial results survive
+
+
+if __name__ == "__main__":
+    main()
