@@ -214,6 +214,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
             raise CheckpointError(f"{where}: tensor {k} holds NaN or infinite values")
     network.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
     network.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if torch.device(device).type == "cuda":  # 3x faster convolutions and upsampling (docs/performance.md)
+        network.to(memory_format=torch.channels_last)
     return LoadedModel(stem.name, stem.with_suffix(".json"), network, experiment, normalization, desc)
 
 

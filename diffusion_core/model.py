@@ -80,6 +80,8 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, signal: float, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
         n = x_t.shape[0]
         variance = torch.full((n,), noise**2, device=x_t.device, dtype=torch.float32)
+        if self.device.type == "cuda":
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._context():
             out = self.network(x_t, variance)
         out = out.float()

@@ -12,13 +12,27 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+
+import diffusion_core.fid as fid_module
 
 from diffusion_core.checkpoint import load_checkpoint, read_description, save_checkpoint, write_json
 from diffusion_core.data import load_image_set
 from diffusion_core.evaluation import cached_features, evaluate_model, real_vs_real_floor, record_result
 from diffusion_core.fid import load_feature_extractor
 from diffusion_core.samplers import SamplerConfig
+
+def frechet_distance_eigh(mu1, sigma1, mu2, sigma2) -> float:
+    """The same Frechet distance as fid.frechet_distance, with Tr((S1 S2)^1/2) taken from the
+    eigenvalues of the symmetric S1^1/2 S2 S1^1/2 (similar to S1 S2): two symmetric eigen-
+    decompositions instead of scipy's sqrtm, which took 34 s per 2048x2048 call on the GPU host."""
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ sigma2 @ root1
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
+
 
 TABLE = [("ddim", 10, 0.0), ("ddim", 20, 0.0), ("ddim", 50, 0.0), ("ddim", 100, 0.0),
          ("ddim", 10, 1.0), ("ddim", 20, 1.0), ("ddim", 50, 1.0), ("ddim", 100, 1.0), ("ddpm", 1000, 0.0)]
@@ -38,6 +52,7 @@ def main() -> None:
     p.add_argument("--tag", default="all", help="results file name: results_TAG.json")
     args = p.parse_args()
     out = Path(args.out)
+    fid_module.frechet_distance = frechet_distance_eigh
     torch.backends.cuda.matmul.allow_tf32 = True
     extractor = load_feature_extractor(args.fid_weights, args.device, batch_size=200)
     results: dict = {"weights": extractor.weights_id, "floors": {}, "runs": {}}
@@ -69,25 +84,25 @@ def main() -> None:
             evals.append(r)
             print(f"{name} {sampler} {steps} eta={eta}: FID {r['fid']:.2f} KID {r['kid']:.4f} "
                   f"near-copies {r.get('near_copy_share', '-')} ({r['sampling_time_s']} s)", flush=True)
-        results["runs"][name] = {"evaluations": evals, "training": read_description(run)["training"],
-                                 "eval_time_s": round(time.perf_counter() - t0, 1)}
-        dest = out / "checkpoints" / name
-        desc = dict(read_description(run))
-        desc.pop("weights_files", None)
-        desc["weights"] = "EMA, float16"
-        if name in args.ship:
-            save_checkpoint(dest, model.network.state_dict(), desc, dtype=torch.float16)
-        else:
-            write_json(out / "descriptions" / f"{name}.json", desc)
-        log = run.parent / "log.jsonl"
-        if log.exists():
-            (out / "logs").mkdir(parents=True, exist_ok=True)
-            (out / "logs" / f"{name}.log.jsonl").write_bytes(log.read_bytes())
-        grids = sorted((run.parent / "samples").glob("*.png"))
-        if grids:
-            (out / "grids").mkdir(parents=True, exist_ok=True)
-            (out / "grids" / f"{name}.png").write_bytes(grids[-1].read_bytes())
-        write_json(out / f"results_{args.tag}.json", results)  # after each run: partial results survive
+            results["runs"][name] = {"evaluations": evals, "training": read_description(run)["training"],
+                                     "eval_time_s": round(time.perf_counter() - t0, 1)}
+            dest = out / "checkpoints" / name
+            desc = dict(read_description(run))
+            desc.pop("weights_files", None)
+            desc["weights"] = "EMA, float16"
+            if name in args.ship:
+                save_checkpoint(dest, model.network.state_dict(), desc, dtype=torch.float16)
+            else:
+                write_json(out / "descriptions" / f"{name}.json", desc)
+            log = run.parent / "log.jsonl"
+            if log.exists():
+                (out / "logs").mkdir(parents=True, exist_ok=True)
+                (out / "logs" / f"{name}.log.jsonl").write_bytes(log.read_bytes())
+            grids = sorted((run.parent / "samples").glob("*.png"))
+            if grids:
+                (out / "grids").mkdir(parents=True, exist_ok=True)
+                (out / "grids" / f"{name}.png").write_bytes(grids[-1].read_bytes())
+            write_json(out / f"results_{args.tag}.json", results)  # after each run: partial results survive
 
 
 if __name__ == "__main__":
