@@ -166,8 +166,10 @@ def read_description(path: str | os.PathLike) -> dict[str, Any]:
 
 def experiment_from_description(desc: dict[str, Any], where: str) -> ExperimentConfig:
     try:
-        experiment = ExperimentConfig.from_dict(desc.get("experiment", {}), where)
-    except ConfigError as e:
+        if not isinstance(desc.get("experiment"), dict):
+            raise ConfigError("no experiment table")
+        experiment = ExperimentConfig.from_dict(desc["experiment"], where)
+    except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad experiment description: {e}") from e
     net = experiment.network
     if (max(net.widths) > LIMITS["max_width"] or len(net.widths) > LIMITS["max_levels"]

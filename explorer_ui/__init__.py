@@ -1,0 +1,17 @@
+"""Helpers of the Streamlit app (``app.py`` and ``pages/``).
+
+Map: ``catalog`` finds checkpoints and reads their descriptions and logs (no streamlit);
+``plans`` holds the limits and the model-size-dependent defaults (no streamlit); ``charts``
+builds plotly figures from plain data (no streamlit); ``compute`` configures torch threads and
+owns the inference locks; ``cache`` is the one place with ``st.cache_resource`` (models) and
+``st.cache_data`` (arrays); ``widgets`` holds the sidebar, pickers, image display and the error
+guard that every page action runs under.
+"""
+
+import os as _os
+
+# Before anything here imports torch (and with it OpenMP, which reads this once, at load): let
+# idle OpenMP threads sleep instead of spinning. On a CPU shared with other sessions or other
+# processes, spinning threads of a 2-thread torch pool can make each step 10-20x slower; sleeping
+# ones cost next to nothing when the machine is idle. An explicit setting in the environment wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,0 +1,144 @@
+"""The app's caches, all in one place.
+
+``st.cache_resource`` holds loaded models, shared by every session: keyed by the description's
+path, the stamps (name, mtime, size) of its files and the device, so a re-exported checkpoint is
+loaded afresh. A ``LoadedModel`` is frozen and in eval mode; nothing here mutates it.
+
+``st.cache_data`` holds arrays (sample grids, trajectories, interpolation frames, inversions):
+keyed by the model's identity (``ModelRef``) and every sampling parameter, so sessions share
+results only when they asked for exactly the same thing. Figures are never cached: pages build
+them from these arrays on every run. Every computation holds the device's inference lock
+(``compute.inference``; the reason is in that module).
+
+``MISSES`` counts cache misses per function, for the tests and the curious.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import streamlit as st
+import torch
+
+from diffusion_core import generate as G
+from diffusion_core.checkpoint import LoadedModel, load_checkpoint
+from diffusion_core.images import gif_bytes, make_grid
+from diffusion_core.samplers import SamplerConfig, StepState
+
+from . import catalog, compute
+
+MISSES: Counter[str] = Counter()
+SamplerKey = tuple  # (name, num_steps, eta, clip_denoised): the fields of a SamplerConfig
+
+
+class ModelRef(NamedTuple):
+    """What identifies a loaded model: its description, the state of its files, the device."""
+
+    path: str
+    stamps: tuple
+    device: str
+
+
+def model_ref(entry: catalog.Entry, device: str) -> ModelRef:
+    files = catalog.checkpoint_files(entry.path, entry.description)
+    return ModelRef(str(entry.path.resolve()), catalog.file_stamps(files), device)
+
+
+def sampler_key(config: SamplerConfig) -> SamplerKey:
+    return (config.name, int(config.num_steps), float(config.eta), bool(config.clip_denoised))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the checkpoint...")
+def _load_model(path: str, stamps: tuple, device: str) -> LoadedModel:
+    MISSES["model"] += 1
+    return load_checkpoint(path, device)
+
+
+def get_model(ref: ModelRef) -> LoadedModel:
+    return _load_model(ref.path, ref.stamps, ref.device)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def scan_folder(folder: str, stamp: tuple) -> list[catalog.Entry]:
+    """``catalog.scan`` of a folder, redone when a file in it changes (``stamp``)."""
+    MISSES["scan"] += 1
+    return catalog.scan(folder)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def read_log(path: str, stamps: tuple) -> dict[str, list[float]]:
+    return catalog.read_log(path)
+
+
+@st.cache_data(max_entries=64, ttl=3600, show_spinner="Sampling...")
+def sample_images(ref: ModelRef, seeds: tuple[int, ...], sampler: SamplerKey) -> tuple[np.ndarray, float]:
+    """uint8 [N x H x W x 3] samples of ``seeds`` and the seconds they took."""
+    MISSES["sample"] += 1
+    model = get_model(ref)
+    with compute.inference(ref.device):
+        start = time.perf_counter()
+        images = G.generate(model, list(seeds), SamplerConfig(*sampler))
+        return images, time.perf_counter() - start
+
+
+PREVIEW_SEEDS, PREVIEW_SAMPLER = (0, 1, 2, 3), ("ddim", 10, 0.0, False)
+
+
+def preview_grid(ref: ModelRef) -> np.ndarray:
+    """A small 2x2 grid (seeds 0-3, DDIM 10 steps) for the experiments page (cached samples)."""
+    images, _ = sample_images(ref, PREVIEW_SEEDS, PREVIEW_SAMPLER)
+    return make_grid(images, cols=2)
+
+
+@st.cache_data(max_entries=8, ttl=3600, show_spinner="Recording the trajectory...")
+def trajectory(ref: ModelRef, seed: int, sampler: SamplerKey) -> G.Trajectory:
+    """Every step of one seed's denoising (computed once, then scrubbed from the cache)."""
+    MISSES["trajectory"] += 1
+    model = get_model(ref)
+    with compute.inference(ref.device):
+        return G.trajectory(model, seed, SamplerConfig(*sampler))
+
+
+@st.cache_data(max_entries=32, ttl=3600, show_spinner="Interpolating...")
+def interpolation(ref: ModelRef, seeds: tuple[int, ...], frames: int, method: str, sampler: SamplerKey,
+                  keys: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [frames x H x W x 3] along the path through the seeds' noise (or given ``keys``)."""
+    MISSES["interpolation"] += 1
+    model = get_model(ref)
+    with compute.inference(ref.device):
+        key_tensor = torch.from_numpy(keys) if keys is not None else None
+        return G.interpolation_frames(model, list(seeds), frames, method, SamplerConfig(*sampler), key_tensor)
+
+
+@st.cache_data(max_entries=16, ttl=3600, show_spinner="Inverting the images (DDIM)...")
+def inversion(ref: ModelRef, images: np.ndarray, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """DDIM-inverted noise float32 [N x C x H x W] of uint8 images and their reconstructions."""
+    MISSES["inversion"] += 1
+    model = get_model(ref)
+    with compute.inference(ref.device):
+        noise, recon = G.invert(model, images, num_steps)
+    return noise.float().cpu().numpy(), recon
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def gif(frames: np.ndarray, scale: int, duration_ms: int = 120) -> bytes:
+    return gif_bytes(frames, duration_ms=duration_ms, scale=scale)
+
+
+def locked_steps(ref: ModelRef, states: Iterator[StepState]) -> Iterator[StepState]:
+    """The steps of a sampler, each computed under the device's inference lock (Live page)."""
+    while True:
+        with compute.inference(ref.device):
+            try:
+                state = next(states)
+            except StopIteration:
+                return
+        yield state
+
+
+def log_stamps(path: Path) -> tuple:
+    return catalog.file_stamps([path])

@@ -1,0 +1,262 @@
+"""Finding checkpoints and what is known about them: descriptions, loss logs, sample grids.
+
+Plain Python (no streamlit): every function here returns data or raises ``ValueError``. A folder
+is scanned without loading any weights; each checkpoint becomes an ``Entry`` that is either usable
+or carries the reason it is not (the message of a ``CheckpointError``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from diffusion_core.checkpoint import CheckpointError, experiment_from_description, read_description
+from diffusion_core.unet import UNet
+
+FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOT_CHECKPOINTS = {"state.json"}  # a training run's resume state sits beside its model.json
+MAX_LOG_BYTES = 64 << 20
+
+HOW_TO_MAKE_ONE = (
+    "python -m diffusion_core train experiments/ddim_01.toml --data PATH --out runs/ddim_01\n"
+    "python -m diffusion_core export runs/ddim_01 checkpoints/ddim_01"
+)
+
+
+def default_folder() -> Path:
+    """The checkpoint folder the app opens on: ``$DIFFUSION_EXPLORER_CHECKPOINTS`` or ``checkpoints/``."""
+    value = os.environ.get(FOLDER_ENV, "").strip()
+    return Path(value).expanduser() if value else REPO_ROOT / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One checkpoint found in a folder: usable (``error`` is None) or not, with the reason."""
+
+    path: Path  # the .json description (or the stray file that made the entry)
+    name: str  # the description's name, else the file stem
+    label: str  # unique name shown in pickers
+    description: dict[str, Any] | None = field(default=None, repr=False, compare=False, hash=False)
+    error: str | None = None
+    log_path: Path | None = None  # JSON-lines loss log, when there is one
+    sample_path: Path | None = None  # a sample grid PNG, when there is one
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+
+def file_stamps(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    """(name, mtime_ns, size) per existing file: a cache key that changes when a file does."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((p.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((p.name, 0, -1))
+    return tuple(out)
+
+
+def checkpoint_files(json_path: Path, description: dict[str, Any] | None) -> list[Path]:
+    files = [json_path]
+    if description:
+        files += [json_path.parent / f for f in description.get("weights_files", [])]
+    return files
+
+
+def folder_stamp(folder: Path) -> tuple:
+    """Stamps of every file that could change a scan of ``folder`` (and its run sub-folders)."""
+    if not folder.is_dir():
+        return ()
+    paths = sorted(p for p in folder.iterdir() if p.is_file())
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        paths += sorted(sub.glob("*.json")) + sorted(sub.glob("*.safetensors")) + sorted(sub.glob("samples/*.png"))
+    return tuple((str(p.relative_to(folder)),) + file_stamps([p])[0][1:] for p in paths)
+
+
+def check_weights(json_path: Path, description: dict[str, Any]) -> None:
+    """Raise ``CheckpointError`` unless the weight files' headers hold exactly the tensors (names
+    and shapes) that the described network needs. Reads only the safetensors headers and builds
+    the network on the meta device, so it is cheap enough to run on every listed checkpoint;
+    ``load_checkpoint`` repeats these checks (and checks the values) when the model is loaded."""
+    where = str(json_path)
+    experiment = experiment_from_description(description, where)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in UNet(experiment.network).state_dict().items()}
+    found: dict[str, tuple[int, ...]] = {}
+    for name in description["weights_files"]:
+        wpath = json_path.parent / name
+        if not wpath.is_file():
+            raise CheckpointError(f"weight file {wpath} is missing")
+        try:
+            with safe_open(str(wpath), framework="pt") as f:
+                for key in f.keys():
+                    found[key] = tuple(f.get_slice(key).get_shape())
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{wpath} is not a readable safetensors file: {e}") from e
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{where}: weights do not match the described network "
+                              f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                              f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})")
+    for key, shape in expected.items():
+        if found[key] != shape:
+            raise CheckpointError(f"{where}: tensor {key} has shape {found[key]}, the description implies {shape}")
+
+
+def _sample_png(json_path: Path, name: str) -> Path | None:
+    """A shipped sample grid (``docs/samples/NAME.png``) or a training run's latest grid."""
+    for docs in (json_path.parent.parent / "docs" / "samples", REPO_ROOT / "docs" / "samples"):
+        for stem in dict.fromkeys((json_path.stem, name)):
+            if (docs / f"{stem}.png").is_file():
+                return docs / f"{stem}.png"
+    grids = sorted(json_path.parent.glob("samples/*.png"))
+    return grids[-1] if grids else None
+
+
+def _log_file(json_path: Path) -> Path | None:
+    own = json_path.with_suffix(".log.jsonl")
+    if own.is_file():
+        return own
+    run_log = json_path.parent / "log.jsonl"  # a training run folder: model.json + log.jsonl
+    return run_log if json_path.stem == "model" and run_log.is_file() else None
+
+
+def _entry(json_path: Path) -> Entry:
+    try:
+        desc = read_description(json_path)
+    except (CheckpointError, OSError) as e:
+        return Entry(json_path, json_path.stem, json_path.stem, error=str(e))
+    name = desc.get("name") if isinstance(desc.get("name"), str) and desc.get("name") else json_path.stem
+    try:
+        check_weights(json_path, desc)
+        error = None
+    except CheckpointError as e:
+        error = str(e)
+    except (ValueError, TypeError, AttributeError, KeyError, OSError) as e:  # a description malformed
+        error = f"{json_path}: unusable description ({type(e).__name__}: {e})"  # in a way the core lets through
+    return Entry(json_path, name, name, desc, error, _log_file(json_path), _sample_png(json_path, name))
+
+
+def _is_training_state(path: Path) -> bool:
+    return path.name in NOT_CHECKPOINTS and (path.parent / "model.json").is_file()
+
+
+def scan(folder: str | os.PathLike) -> list[Entry]:
+    """Every checkpoint directly in ``folder`` and in its sub-folders one level down (training
+    run folders hold ``model.json``), plus stray weight files that no description names."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    entries: list[Entry] = []
+    for where in [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = [_entry(p) for p in sorted(where.glob("*.json")) if not _is_training_state(p)]
+        named = {f for e in found if e.description for f in e.description.get("weights_files", [])}
+        for w in sorted(where.glob("*.safetensors")):
+            if w.name not in named and w.name != "state.safetensors":
+                found.append(Entry(w, w.stem, w.stem, error=f"{w} has no description {w.with_suffix('.json').name}"))
+        if where != folder:  # sub-folders: only what is clearly a checkpoint (a valid description)
+            found = [e for e in found if e.description is not None]
+        entries += found
+    return _unique_labels(entries, folder)
+
+
+def _unique_labels(entries: list[Entry], folder: Path) -> list[Entry]:
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.name] = counts.get(e.name, 0) + 1
+    out = []
+    for e in entries:
+        if counts[e.name] > 1:
+            try:
+                where = e.path.relative_to(folder)
+            except ValueError:
+                where = e.path
+            e = Entry(e.path, e.name, f"{e.name} ({where})", e.description, e.error, e.log_path, e.sample_path)
+        out.append(e)
+    return out
+
+
+def merge(*lists: list[Entry]) -> list[Entry]:
+    """Entries of several folders, each checkpoint once, labels unique across folders."""
+    seen: set[Path] = set()
+    out: list[Entry] = []
+    labels: set[str] = set()
+    for entries in lists:
+        for e in entries:
+            key = e.path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            label = e.label if e.label not in labels else f"{e.name} ({e.path.parent})"
+            labels.add(label)
+            out.append(Entry(e.path, e.name, label, e.description, e.error, e.log_path, e.sample_path))
+    return out
+
+
+def read_log(path: str | os.PathLike) -> dict[str, list[float]]:
+    """A JSON-lines training log as columns {"step", "epoch", "loss", "images_per_s"}; lines that
+    are not JSON objects with a finite loss are skipped (a log may be cut mid-line)."""
+    path = Path(path)
+    if path.stat().st_size > MAX_LOG_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_LOG_BYTES >> 20} MiB")
+    cols: dict[str, list[float]] = {"step": [], "epoch": [], "loss": [], "images_per_s": []}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            loss = float(rec["loss"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if not isinstance(rec, dict) or not math.isfinite(loss):
+            continue
+        for key in cols:
+            value = rec.get(key)
+            cols[key].append(float(value) if isinstance(value, (int, float)) else math.nan)
+    return cols
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def table_row(entry: Entry) -> dict[str, Any]:
+    """The experiments table's row of a usable checkpoint (missing facts are None)."""
+    d = entry.description or {}
+    exp = d.get("experiment", {})
+    widths = _get(exp, "network", "widths")
+    wall = _number(_get(d, "training", "wall_time_s"))
+    epochs = _number(_get(d, "training", "epochs_completed"))
+    return {
+        "name": entry.label,
+        "family": str(exp.get("family", "")).upper() or None,
+        "epochs": epochs if epochs is not None else _number(_get(exp, "train", "epochs")),
+        "samples": _number(_get(exp, "data", "samples")),
+        "learning rate": _number(_get(exp, "train", "learning_rate")),
+        "weight decay": _number(_get(exp, "train", "weight_decay")),
+        "image size": _number(_get(exp, "network", "image_size")),
+        "block depth": _number(_get(exp, "network", "block_depth")),
+        "widths": "-".join(str(w) for w in widths) if isinstance(widths, list) else None,
+        "parameters": _number(d.get("parameters")),
+        "images seen": _number(_get(d, "training", "images_seen")),
+        "training time (h)": wall / 3600 if wall is not None else None,
+        "FID": _number(_get(d, "metrics", "fid")),
+        "KID": _number(_get(d, "metrics", "kid")),
+        "seed FID (reported)": _number(exp.get("reported_fid")),
+    }

@@ -1,0 +1,68 @@
+"""Plotly figures built from plain data on every run (figures are mutable: never cached)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+SEED_FID_NOTE = ("Seed FIDs are the numbers reported with the original experiments, measured with a "
+                 "different, non-standard protocol: compare them with each other, not with this repo's FID.")
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def fid_chart(rows: Sequence[dict[str, Any]]) -> go.Figure | None:
+    """Bars of FID per experiment: this repo's FID and, apart, the seed's reported FID."""
+    def finite(v):
+        return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+    names = [r["name"] for r in rows]
+    ours = [r.get("FID") if finite(r.get("FID")) else None for r in rows]
+    seed = [r.get("seed FID (reported)") if finite(r.get("seed FID (reported)")) else None for r in rows]
+    if not any(v is not None for v in ours + seed):
+        return None
+    fig = go.Figure()
+    if any(v is not None for v in ours):
+        fig.add_bar(name="FID (this repo)", x=names, y=ours)
+    if any(v is not None for v in seed):
+        fig.add_bar(name="seed FID (reported, not comparable)", x=names, y=seed, opacity=0.45)
+    fig.update_layout(barmode="group")
+    return _layout(fig, "FID per experiment (lower is better)", "", "FID")
+
+
+def loss_chart(logs: dict[str, dict[str, list[float]]]) -> go.Figure | None:
+    """Training loss against epoch (or step) for every checkpoint that has a log."""
+    fig = go.Figure()
+    x_title = "epoch"
+    for name, cols in logs.items():
+        if not cols["loss"]:
+            continue
+        x = cols["epoch"]
+        if all(math.isnan(v) for v in x):
+            x, x_title = cols["step"], "step"
+        fig.add_scatter(name=name, x=x, y=cols["loss"], mode="lines")
+    if not fig.data:
+        return None
+    fig.update_yaxes(type="log")
+    return _layout(fig, "Training loss", x_title, "loss (log scale)")
+
+
+def rates_chart(signal: np.ndarray, noise: np.ndarray, current: int) -> go.Figure:
+    """Signal rate alpha_t and noise rate sigma_t of each sampling step, the current one marked."""
+    steps = np.arange(len(signal))
+    fig = go.Figure()
+    fig.add_scatter(name="signal rate (alpha_t)", x=steps, y=signal, mode="lines+markers", marker=dict(size=4))
+    fig.add_scatter(name="noise rate (sigma_t)", x=steps, y=noise, mode="lines+markers", marker=dict(size=4))
+    current = min(max(current, 0), len(signal) - 1)
+    fig.add_vline(x=current, line_dash="dash", line_color="gray")
+    fig.add_scatter(name=f"step {current}", x=[current, current], y=[signal[current], noise[current]],
+                    mode="markers", marker=dict(size=11, color="black", symbol="circle-open"), showlegend=False)
+    fig.update_yaxes(range=[0, 1.05])
+    return _layout(fig, "Rates over the sampling steps", "step", "rate", height=300)

@@ -1,0 +1,145 @@
+"""Limits and defaults of the app's actions, chosen by model size and device (no streamlit).
+
+The cost of one network evaluation is estimated from the U-Net's layout (multiply-adds of its
+convolutions), so defaults are the same on every visit and every machine of a kind: small models
+get 4 images and 20 DDIM steps, big ones fewer steps (and, if need be, fewer images), so that the
+default action of each page takes a few seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from diffusion_core.unet import UNetConfig
+
+MAX_IMAGES = 256  # images in one grid
+MAX_GRID_PIXELS = 256 * 128 * 128  # images x H x W of one request (about 12 MiB of uint8 RGB)
+MAX_TRAJECTORY_PIXELS = 1001 * 80 * 80  # frames x H x W of one cached trajectory (2 arrays, ~38 MiB)
+MAX_SEEDS = 16  # key seeds of an interpolation
+MAX_FRAMES = 64  # interpolation frames
+MAX_SEED = 2**31 - 1
+SWEEP_STEPS = (5, 10, 20, 50, 100)
+DEFAULT_SECONDS = 2.5  # target time of a page's default action
+AUTO_SECONDS = 10.0  # beyond this estimate an action waits for its button
+SECONDS_PER_GFLOP = {"cpu": 0.011, "mps": 0.002, "cuda": 0.0002}  # cpu: per thread (measured, 2 cores)
+
+
+def gflops_per_image(net: UNetConfig) -> float:
+    """Estimated GFLOPs (2 x multiply-adds) of one network evaluation on one image, following the
+    layout in ``diffusion_core.unet``: 3x3 convolutions, 1x1 shortcuts, stem and head."""
+    S, C = net.image_size, net.channels
+
+    def block(cin: int, cout: int, r: int) -> int:
+        return (9 * cin * cout + 9 * cout * cout + (cin * cout if cin != cout else 0)) * r * r
+
+    macs = C * net.widths[0] * S * S
+    ch, skips = net.widths[0] + net.embedding_dims, []
+    for level, width in enumerate(net.widths[:-1]):
+        for _ in range(net.block_depth):
+            macs += block(ch, width, net.resolutions[level])
+            ch = width
+            skips.append(ch)
+    for _ in range(net.block_depth):
+        macs += block(ch, net.widths[-1], net.resolutions[-1])
+        ch = net.widths[-1]
+    for level in reversed(range(len(net.widths) - 1)):
+        for _ in range(net.block_depth):
+            macs += block(ch + skips.pop(), net.widths[level], net.resolutions[level])
+            ch = net.widths[level]
+    macs += ch * C * S * S
+    return 2 * macs / 1e9
+
+
+def seconds_per_gflop(device: str, threads: int) -> float:
+    kind = device.split(":")[0]
+    per = SECONDS_PER_GFLOP.get(kind, SECONDS_PER_GFLOP["cpu"])
+    return per / max(1, threads) if kind == "cpu" else per
+
+
+def estimate_seconds(gflops: float, evaluations: int, device: str, threads: int) -> float:
+    """Rough time of ``evaluations`` image-evaluations (images x steps) of a network."""
+    return gflops * evaluations * seconds_per_gflop(device, threads)
+
+
+def default_plan(gflops: float, device: str, threads: int, count: int = 4,
+                 ladder: Sequence[int] = (20, 10, 5), limit: int = 1000, share: float = 1.0) -> tuple[int, int]:
+    """(images, steps) for a default action: the most steps of ``ladder`` (then fewer images)
+    that fit ``share`` of ``DEFAULT_SECONDS``; never more steps than the schedule's ``limit``."""
+    ladder = [min(s, limit) for s in ladder]
+    for n in dict.fromkeys((count, max(1, count // 2), 1)):
+        for steps in ladder:
+            if estimate_seconds(gflops, n * steps, device, threads) <= share * DEFAULT_SECONDS:
+                return n, steps
+    return 1, ladder[-1]
+
+
+def sweep_steps(limit: int) -> list[int]:
+    """The step counts of a step sweep that a schedule allows."""
+    return [s for s in SWEEP_STEPS if s <= limit] or [limit]
+
+
+def sweep_default(choices: Sequence[int], gflops: float, device: str, threads: int,
+                  share: float = 1.0) -> list[int]:
+    """The fewest-steps part of a sweep whose evaluations (one image) fit ``share`` of
+    ``DEFAULT_SECONDS``."""
+    chosen: list[int] = []
+    for steps in sorted(choices):
+        if chosen and estimate_seconds(gflops, sum(chosen) + steps, device, threads) > share * DEFAULT_SECONDS:
+            break
+        chosen.append(steps)
+    return chosen
+
+
+def check_grid(count: int, image_size: int) -> None:
+    """Raise ValueError for a grid too large to make and show."""
+    if count < 1:
+        raise ValueError("ask for at least one image")
+    if count > MAX_IMAGES:
+        raise ValueError(f"{count} images is more than the {MAX_IMAGES} one grid may hold; "
+                         "make several grids with different seeds instead")
+    if count * image_size * image_size > MAX_GRID_PIXELS:
+        fit = MAX_GRID_PIXELS // (image_size * image_size)
+        raise ValueError(f"{count} images of {image_size}x{image_size} pixels is too large a grid "
+                         f"for memory; at this size choose at most {fit} images")
+
+
+def check_trajectory(steps: int, image_size: int) -> None:
+    """Raise ValueError for a trajectory too long to keep in memory at this image size."""
+    if (steps + 1) * image_size * image_size > MAX_TRAJECTORY_PIXELS:
+        fit = MAX_TRAJECTORY_PIXELS // (image_size * image_size) - 1
+        raise ValueError(f"a trajectory of {steps} steps at {image_size}x{image_size} is too large to keep; "
+                         f"choose at most {fit} steps at this size")
+
+
+def seed_range(start: int, count: int) -> list[int]:
+    """Seeds start, start+1, ... (count of them), validated."""
+    if not 0 <= start <= MAX_SEED:
+        raise ValueError(f"seeds must be from 0 to {MAX_SEED}, got {start}")
+    if count < 1:
+        raise ValueError("ask for at least one image")
+    if start + count - 1 > MAX_SEED:
+        raise ValueError(f"seeds must stay below {MAX_SEED + 1}")
+    return list(range(start, start + count))
+
+
+def parse_seeds(text: str, max_seeds: int = MAX_SEEDS) -> list[int]:
+    """"3, 17, 42" or "3 17 42" or "0-3" -> [3, 17, 42] / [0, 1, 2, 3]; ValueError otherwise."""
+    tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    if not tokens:
+        raise ValueError("type some seeds, e.g. 3, 17, 42")
+    seeds: list[int] = []
+    for tok in tokens:
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", tok)
+        if not m:
+            raise ValueError(f"{tok!r} is not a seed: use whole numbers like 3, 17, 42 or a range like 0-7")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo:
+            raise ValueError(f"seed range {tok!r} runs backwards")
+        if hi > MAX_SEED:
+            raise ValueError(f"seeds must be from 0 to {MAX_SEED}")
+        if len(seeds) + hi - lo + 1 > max_seeds:
+            raise ValueError(f"at most {max_seeds} seeds, please")
+        seeds.extend(range(lo, hi + 1))
+    return seeds

@@ -1,0 +1,228 @@
+"""Widgets and display helpers shared by the pages: the sidebar, the checkpoint picker, the
+error guard every action runs under, image display and the "this will take a while" gate.
+
+Settings chosen in the sidebar live under plain session-state keys (``extra_folder``,
+``device``), copied from the widgets on change, so every page of a session sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import streamlit as st
+import torch
+
+from diffusion_core.checkpoint import LoadedModel
+from diffusion_core.images import png_bytes
+from diffusion_core.schedules import max_sampling_steps
+from diffusion_core.training import resolve_device
+
+from . import cache, catalog, compute, plans
+
+log = logging.getLogger("explorer_ui")
+
+FOLDER_KEY, DEVICE_KEY = "extra_folder", "device"
+
+
+# ------------------------------------------------------------------------------------------ errors
+@contextmanager
+def guard(action: str) -> Iterator[None]:
+    """Run a page action; show what went wrong as an error box instead of a stack trace.
+    ``ValueError`` (``CheckpointError`` included) is the core's way to say "bad input"; anything
+    else is a bug or the machine: a short message here, the traceback in the server log."""
+    try:
+        yield
+    except ValueError as e:
+        st.error(f"{action}: {e}")
+    except (MemoryError, torch.OutOfMemoryError):
+        log.warning("%s ran out of memory", action)
+        st.error(f"{action} ran out of memory: choose fewer images, fewer frames or a smaller model.")
+    except Exception as e:  # noqa: BLE001  (the UI must survive; the log keeps the details)
+        log.error("%s failed:\n%s", action, traceback.format_exc())
+        st.error(f"{action} failed unexpectedly ({type(e).__name__}). The details are in the server log.")
+
+
+# ----------------------------------------------------------------------------------------- sidebar
+def devices() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def current_device() -> str:
+    device = st.session_state.get(DEVICE_KEY) or resolve_device("auto")
+    return device if device in devices() else "cpu"
+
+
+def _keep(widget_key: str, state_key: str) -> None:
+    st.session_state[state_key] = st.session_state[widget_key]
+
+
+def sidebar() -> None:
+    """The settings every page shares: an extra checkpoint folder and the device."""
+    with st.sidebar:
+        st.text_input("Also look in folder", value=st.session_state.get(FOLDER_KEY, ""), key="_extra_folder",
+                      on_change=_keep, args=("_extra_folder", FOLDER_KEY),
+                      placeholder="e.g. runs/ or /data/checkpoints",
+                      help=f"Checkpoints in {catalog.default_folder()} are always listed; add a folder "
+                           "(or a folder of training runs) here.")
+        options = devices()
+        st.selectbox("Device", options, index=options.index(current_device()), key="_device",
+                     on_change=_keep, args=("_device", DEVICE_KEY))
+        entries, problems = checkpoints()
+        for problem in problems:
+            st.warning(problem)
+        usable = sum(e.usable for e in entries)
+        st.caption(f"{usable} usable checkpoint{'s' if usable != 1 else ''}"
+                   f"{f', {len(entries) - usable} unusable' if len(entries) > usable else ''}; "
+                   f"torch uses {compute.threads()} CPU thread{'s' if compute.threads() != 1 else ''}")
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def _scan(folder: Path) -> list[catalog.Entry]:
+    return cache.scan_folder(str(folder.resolve()), catalog.folder_stamp(folder))
+
+
+def checkpoints() -> tuple[list[catalog.Entry], list[str]]:
+    """Every checkpoint of the default folder and the sidebar's folder, and what is wrong with
+    the folders themselves (messages, never exceptions)."""
+    lists, problems = [], []
+    default = catalog.default_folder()
+    if default.is_dir():
+        try:
+            lists.append(_scan(default))
+        except (OSError, ValueError) as e:
+            problems.append(f"cannot scan {default}: {e}")
+    extra = str(st.session_state.get(FOLDER_KEY, "") or "").strip()
+    if extra:
+        path = Path(extra).expanduser()
+        if not path.is_dir():
+            problems.append(f"{extra} is not a folder I can read; listing {default} only.")
+        else:
+            try:
+                lists.append(_scan(path))
+            except (OSError, ValueError) as e:
+                problems.append(f"cannot scan {extra}: {e}")
+    return catalog.merge(*lists), problems
+
+
+def no_checkpoints() -> None:
+    st.info(f"No usable checkpoint in {catalog.default_folder()} yet. Train and export one, then reload:")
+    st.code(catalog.HOW_TO_MAKE_ONE, language="bash")
+    st.caption(f"Or name another folder in the sidebar, or set ${catalog.FOLDER_ENV} before starting the app.")
+
+
+def usable_or_stop() -> list[catalog.Entry]:
+    """The usable checkpoints; without any, explain how to make one and end the page."""
+    usable = [e for e in checkpoints()[0] if e.usable]
+    if not usable:
+        no_checkpoints()
+        st.stop()
+    return usable
+
+
+def pick_checkpoint(entries: Sequence[catalog.Entry], key: str, label: str = "Checkpoint",
+                    reset: Sequence[str] = (), index: int = 0) -> catalog.Entry:
+    """A checkpoint select box; choosing another one resets the widgets in ``reset`` so they
+    take that model's defaults."""
+    labels = [e.label for e in entries]
+    if st.session_state.get(key) not in labels:
+        st.session_state.pop(key, None)
+    choice = st.selectbox(label, labels, index=min(index, len(labels) - 1), key=key,
+                          on_change=forget, args=(tuple(reset),))
+    return entries[labels.index(choice)]
+
+
+def forget(keys: Sequence[str]) -> None:
+    for k in keys:
+        st.session_state.pop(k, None)
+
+
+def load(entry: catalog.Entry) -> tuple[cache.ModelRef, LoadedModel]:
+    """The model of ``entry`` on the session's device; on failure an error box and the page ends."""
+    ref = cache.model_ref(entry, current_device())
+    with guard(f"Loading {entry.label}"):
+        return ref, cache.get_model(ref)
+    st.stop()
+    raise AssertionError("unreachable")
+
+
+def gflops(model: LoadedModel) -> float:
+    return plans.gflops_per_image(model.experiment.network)
+
+
+def default_plan(models: Sequence[LoadedModel], count: int = 4, ladder: Sequence[int] = (20, 10, 5),
+                 share: float = 1.0) -> tuple[int, int]:
+    """(images, steps) of a page's default action over ``models`` (their costs add up), taking
+    ``share`` of the time budget (pages with two actions split it)."""
+    cost = sum(gflops(m) for m in models)
+    limit = min(max_sampling_steps(m.experiment.schedule) for m in models)
+    return plans.default_plan(cost, current_device(), compute.threads(), count, ladder, limit, share)
+
+
+def estimate(models: Sequence[LoadedModel], evaluations: int) -> float:
+    return sum(plans.estimate_seconds(gflops(m), evaluations, current_device(), compute.threads()) for m in models)
+
+
+def ready(key: str, params: tuple, seconds: float, what: str = "Generate") -> bool:
+    """Whether to run an action now: at once when it is quick, else after its button is pressed
+    (the pressed parameters are remembered, so later reruns show the cached result)."""
+    if seconds <= plans.AUTO_SECONDS or st.session_state.get(key) == params:
+        return True
+    st.info(f"This takes about {seconds:.0f} s on {current_device()}; press {what} to start.")
+    if st.button(what, key=f"{key}_go", type="primary"):
+        st.session_state[key] = params
+        return True
+    return False
+
+
+# ------------------------------------------------------------------------------------------ images
+def upscale(image: np.ndarray, target: int = 256) -> np.ndarray:
+    """Nearest-neighbour upscaling by a whole factor so the longer side reaches ``target``
+    (64-pixel samples stay crisp instead of being blurred by the browser)."""
+    factor = max(1, target // max(image.shape[0], image.shape[1]))
+    return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
+
+
+def show(image: np.ndarray, caption: str | None = None, target: int = 256, where=None) -> None:
+    """Show a uint8 [H x W x 3] image as a lossless PNG, upscaled with ``upscale``."""
+    (where or st).image(png_bytes(upscale(image, target)), caption=caption, output_format="PNG")
+
+
+def seed_inputs(prefix: str, count: int | None = 4, where=None) -> tuple[int, int]:
+    """First seed and number of images (None: one seed only)."""
+    where = where or st
+    seed = where.number_input("First seed", min_value=0, max_value=plans.MAX_SEED, value=0, step=1,
+                              key=f"{prefix}_seed", help="Image i uses seed first + i: the same seed "
+                              "gives the same image on any machine.")
+    if count is None:
+        return int(seed), 1
+    n = where.number_input("Images", min_value=1, value=count, step=1, key=f"{prefix}_count",
+                           help=f"At most {plans.MAX_IMAGES} per grid.")
+    return int(seed), int(n)
+
+
+def steps_input(prefix: str, default: int, limit: int, where=None) -> int:
+    return int((where or st).number_input("Sampling steps", value=default, step=1, key=f"{prefix}_steps",
+                                          help=f"1 to {limit} for this model's schedule; fewer is faster."))
+
+
+def sampler_inputs(prefix: str, default_steps: int, limit: int, names: Sequence[str],
+                   where=None) -> tuple[str, int, float]:
+    """Sampler name, steps and eta (eta only for DDIM)."""
+    where = where or st
+    names = list(names)
+    name = where.selectbox("Sampler", names, index=names.index("ddim"), key=f"{prefix}_sampler",
+                           help="ddim: deterministic at eta 0; ddpm: ancestral; dpmpp_2m: DPM-Solver++(2M).")
+    steps = steps_input(prefix, default_steps, limit, where)
+    eta = where.slider("eta (DDIM)", 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta", disabled=name != "ddim",
+                       help="0: deterministic DDIM; 1: the DDPM posterior variance.")
+    return name, steps, float(eta) if name == "ddim" else 0.0

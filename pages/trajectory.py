@@ -1,0 +1,49 @@
+"""Trajectory: one seed's denoising, computed once and scrubbed step by step from the cache."""
+
+import streamlit as st
+
+from diffusion_core.generate import check_sampler
+from diffusion_core.images import gif_bytes
+from diffusion_core.samplers import SAMPLERS, SamplerConfig
+from diffusion_core.schedules import max_sampling_steps
+from explorer_ui import cache, charts, pictures, plans, widgets
+
+st.title("Trajectory")
+entries = widgets.usable_or_stop()
+left, right = st.columns([1, 3])
+with left:
+    entry = widgets.pick_checkpoint(entries, "traj_checkpoint", reset=("traj_steps",))
+    ref, model = widgets.load(entry)
+    _, steps0 = widgets.default_plan([model], count=1, ladder=(50, 20, 10))
+    limit = max_sampling_steps(model.experiment.schedule)
+    name, steps, eta = widgets.sampler_inputs("traj", steps0, limit, SAMPLERS)
+    seed, _ = widgets.seed_inputs("traj", count=None)
+
+with right, widgets.guard("Recording the trajectory"):
+    config = SamplerConfig(name, steps, eta)
+    check_sampler(model, config)
+    size = model.experiment.network.image_size
+    plans.check_trajectory(steps, size)
+    key = (ref, seed, cache.sampler_key(config))
+    if widgets.ready("traj_approved", key, widgets.estimate([model], steps)):
+        traj = cache.trajectory(*key)  # cached: moving the slider below never re-runs the model
+        last = len(traj.pred_x0)  # S steps; index S is the finished sample
+        if st.session_state.get("traj_step", last) > last:
+            st.session_state["traj_step"] = last
+        st.session_state.setdefault("traj_step", last)
+        i = st.slider("Step", 0, last, key="traj_step",
+                      help=f"0 is pure noise; {last} is the finished sample. Scrubbing reads the cache.")
+        a, b = st.columns(2)
+        if i < last:
+            widgets.show(traj.x_t[i], f"x_t, input of step {i} (t = {traj.times[i]:.3g}, "
+                         f"signal {traj.signal_rates[i]:.3f}, noise {traj.noise_rates[i]:.3f})", where=a)
+            widgets.show(traj.pred_x0[i], f"predicted x0 at step {i}", where=b)
+        else:
+            widgets.show(traj.x_t[last], f"finished sample after {last} steps", where=a)
+            widgets.show(traj.pred_x0[last - 1], f"predicted x0 at the last step ({last - 1})", where=b)
+        st.plotly_chart(charts.rates_chart(traj.signal_rates, traj.noise_rates, i), key="traj_rates")
+        frames = pictures.trajectory_frames(traj.x_t, traj.pred_x0)
+        st.download_button("Download GIF", lambda: gif_bytes(frames, duration_ms=120, scale=max(1, 192 // size)),
+                           key="traj_download", on_click="ignore", mime="image/gif",
+                           file_name=f"{entry.name}_seed{seed}_{name}{steps}.gif",
+                           help="x_t (left) and predicted x0 (right) at every step; made when you click.")

@@ -1,0 +1,201 @@
+"""End to end in a real browser: ``streamlit run app.py`` on tiny checkpoints, driven by
+Chromium through Playwright. Visits every page, changes a seed and a step slider, checks that
+images render and that no exception box appears; screenshots go to test-artifacts/screenshots/.
+
+Needs ``pip install playwright`` and a Chromium at /usr/bin/chromium (``apt-get install -y
+chromium``; Playwright's own browser download is not used). Skipped, with the reason, without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import make_tiny_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Streamlit server on a free port over two tiny checkpoints; always stopped afterwards."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    make_tiny_checkpoint(folder, "tiny_a", seed=0, metrics={"fid": 250.0})
+    make_tiny_checkpoint(folder, "tiny_b", seed=1)
+    (folder / "tiny_a.log.jsonl").write_text("".join(
+        json.dumps({"step": s, "epoch": s / 10, "loss": 1 / s, "images_per_s": 5.0}) + "\n" for s in range(1, 21)))
+    port = free_port()
+    env = dict(os.environ, DIFFUSION_EXPLORER_CHECKPOINTS=str(folder), DIFFUSION_EXPLORER_THREADS="1")
+    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        server_log = log_path.read_text(errors="replace")
+        assert "Traceback" not in server_log, server_log[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser_page(server):
+    if SHOTS.exists():
+        shutil.rmtree(SHOTS)
+    SHOTS.mkdir(parents=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def settle(page, min_images: int = 0) -> None:
+    """Wait until the script has run (twice idle, a moment apart, so a rerun that is about to
+    start is not missed) and at least ``min_images`` images in the main area have loaded."""
+    for _ in range(2):
+        page.wait_for_timeout(300)
+        page.wait_for_selector(IDLE, timeout=60_000)
+    page.wait_for_function("n => { const imgs = [...document.querySelectorAll('[data-testid=\"stMain\"] img')];"
+                           " return imgs.length >= n && imgs.every(i => i.complete); }", arg=min_images)
+
+
+def images(page) -> list[tuple[str, int]]:
+    return page.eval_on_selector_all('[data-testid="stMain"] img', "els => els.map(e => [e.src, e.naturalWidth])")
+
+
+def check(page, name: str, min_images: int = 1) -> list[tuple[str, int]]:
+    settle(page, min_images)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    assert page.locator('[data-testid="stException"]').count() == 0, name
+    errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+    assert not errors, (name, errors)
+    found = images(page)
+    assert len(found) >= min_images and all(w > 0 for _, w in found), (name, found)
+    return found
+
+
+def go(page, title: str) -> None:
+    """Open a page through the sidebar navigation (same session, so sidebar settings persist)."""
+    base = "/".join(page.url.split("/")[:3])  # http://127.0.0.1:PORT
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    page.wait_for_url(base + ("/" if title == "Experiments" else f"/{title.lower()}"))
+
+
+def number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_every_page_in_a_browser(server, browser_page):
+    page = browser_page
+    page.goto(server)
+    page.wait_for_selector('[data-testid="stDataFrame"]')
+    settle(page)
+    page.get_by_role("button", name="Preview (4 images, DDIM 10)").first.click()
+    check(page, "01_experiments")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] svg').length >= 2")
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 2  # FID and loss
+
+    go(page, "Sample")
+    before = check(page, "02_sample")
+    number(page, "First seed", 5)
+    after = check(page, "03_sample_seed5")
+    assert after[0][0] != before[0][0], "changing the seed must change the grid"
+
+    go(page, "Trajectory")
+    check(page, "04_trajectory", min_images=2)
+    slider = page.locator('[data-testid="stSlider"] input[type="range"][aria-label="Step"]')
+    final = int(slider.input_value())
+    slider.focus()
+    for _ in range(final - 7):
+        page.keyboard.press("ArrowLeft")
+    settle(page)
+    assert int(slider.input_value()) == 7
+    page.get_by_text("x_t, input of step 7").wait_for()
+    check(page, "05_trajectory_step7", min_images=2)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download GIF").click()
+    assert Path(download.value.path()).read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+
+    go(page, "Interpolation")
+    check(page, "06_interpolation", min_images=4)
+
+    go(page, "Compare")
+    check(page, "07_compare", min_images=3)
+
+    go(page, "Live")
+    page.get_by_text("Done: step").wait_for(timeout=60_000)
+    check(page, "08_live", min_images=2)
+    number(page, "Sampling steps", 1000)  # long enough to stop half way
+    settle(page)
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text("of 1000").first.wait_for()
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped at step").wait_for()
+    check(page, "09_live_stopped", min_images=2)
+    assert page.get_by_text("Done: step 1000").count() == 0
+
+    # a bad folder in the sidebar is a message, and the sidebar setting follows to other pages
+    box = page.get_by_label("Also look in folder", exact=True)
+    box.fill("/no/such/folder")
+    box.press("Enter")
+    settle(page)
+    page.locator('[data-testid="stSidebar"]').get_by_text("is not a folder").wait_for()
+    go(page, "Experiments")
+    settle(page)
+    page.locator('[data-testid="stSidebar"]').get_by_text("is not a folder").wait_for()
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(SHOTS / "10_bad_folder.png"), full_page=True)
