@@ -2,7 +2,8 @@
 
 Map: ``catalog`` finds checkpoints and reads their descriptions and logs (no streamlit);
 ``plans`` holds the limits and the model-size-dependent defaults (no streamlit); ``charts``
-builds plotly figures from plain data (no streamlit); ``compute`` configures torch threads and
+builds plotly figures from plain data (no streamlit); ``neighbours`` finds a sample's nearest
+training images in FID-Inception feature space (no streamlit); ``compute`` configures torch threads and
 owns the inference locks; ``cache`` is the one place with ``st.cache_resource`` (models) and
 ``st.cache_data`` (arrays); ``widgets`` holds the sidebar, pickers, image display and the error
 guard that every page action runs under.

@@ -10,6 +10,10 @@ results only when they asked for exactly the same thing. Figures are never cache
 them from these arrays on every run. Every computation holds the device's inference lock
 (``compute.inference``; the reason is in that module).
 
+The Sample page's nearest training images use the FID Inception network (``st.cache_resource``,
+keyed by its weights file) and the features of a checkpoint's training images (``st.cache_data``,
+keyed by the data set; computed once into ``.cache/fid`` on disk, which every session reuses).
+
 ``MISSES`` counts cache misses per function, for the tests and the curious.
 """
 
@@ -24,12 +28,14 @@ import numpy as np
 import streamlit as st
 import torch
 
+from diffusion_core import fid
 from diffusion_core import generate as G
 from diffusion_core.checkpoint import LoadedModel, load_checkpoint
+from diffusion_core.evaluation import cached_features
 from diffusion_core.images import gif_bytes, make_grid
 from diffusion_core.samplers import SamplerConfig, StepState
 
-from . import catalog, compute
+from . import catalog, compute, neighbours
 
 MISSES: Counter[str] = Counter()
 SamplerKey = tuple  # (name, num_steps, eta, clip_denoised): the fields of a SamplerConfig
@@ -127,6 +133,51 @@ def inversion(ref: ModelRef, images: np.ndarray, num_steps: int) -> tuple[np.nda
 @st.cache_data(max_entries=16, show_spinner=False)
 def gif(frames: np.ndarray, scale: int, duration_ms: int = 120) -> bytes:
     return gif_bytes(frames, duration_ms=duration_ms, scale=scale)
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the FID Inception network...")
+def feature_extractor(weights: str) -> fid.FeatureExtractor:
+    MISSES["extractor"] += 1
+    return fid.load_feature_extractor(weights, "cpu")
+
+
+class _Interleaved:
+    """A feature extractor run one batch at a time under the CPU's inference lock, so that other
+    sessions' sampling interleaves with a feature pass of minutes instead of waiting for it."""
+
+    def __init__(self, extractor: neighbours.Extractor, batch_size: int = 32):
+        self.extractor, self.batch_size = extractor, batch_size
+        self.weights_id = extractor.weights_id
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        parts = []
+        for s in range(0, len(images), self.batch_size):
+            with compute.inference("cpu"):
+                parts.append(self.extractor(images[s:s + self.batch_size]))  # (B, D)
+        return np.concatenate(parts)
+
+
+@st.cache_data(max_entries=2, ttl=3600, show_spinner=False)
+def training_features(data: neighbours.TrainingData, weights: str) -> tuple[np.ndarray, float | None]:
+    """FID features [M x 2048] of a checkpoint's training images (from ``.cache/fid`` when there)
+    and their near-copy threshold (None when too costly)."""
+    MISSES["training_features"] += 1
+    images = neighbours.load_images(data)
+    feats = cached_features(images.images, images.name, _Interleaved(feature_extractor(weights)),
+                            neighbours.CACHE_ROOT / "fid")
+    return feats, neighbours.near_copy_threshold(feats)
+
+
+@st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
+def nearest_training_images(ref: ModelRef, data: neighbours.TrainingData, weights: str, sample: np.ndarray,
+                            k: int = neighbours.K) -> dict:
+    """``neighbours.nearest`` of one sample uint8 [S x S x 3] of the model ``ref`` (which only keys
+    the result to the checkpoint)."""
+    MISSES["neighbours"] += 1
+    feats, threshold = training_features(data, weights)
+    images = neighbours.load_images(data).images
+    extractor = _Interleaved(feature_extractor(weights))
+    return neighbours.nearest(sample, images, feats, extractor, k, threshold)
 
 
 def locked_steps(ref: ModelRef, states: Iterator[StepState]) -> Iterator[StepState]:
