@@ -14,8 +14,8 @@ Output folder ``out/``:
 
 from __future__ import annotations
 
+import copy
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,8 @@ from .images import make_grid, save_png
 from .model import PixelNormalization
 from .samplers import SamplerConfig, sample, sample_steps, seed_noise
 from .unet import UNet
+
+CALIBRATION_BATCHES = 32  # batches that re-estimate the EMA network's BatchNorm statistics
 
 STATE_FORMAT = "diffusion-explorer-train-state/1"
 
@@ -234,7 +236,7 @@ class Trainer:
         """A grid of EMA samples from fixed seeds 0..n-1 (so grids of epochs are comparable)."""
         from .model import Denoiser
 
-        denoiser = Denoiser(self.ema, self.exp.train.prediction, self.normalization,
+        denoiser = Denoiser(self.calibrated_ema(), self.exp.train.prediction, self.normalization,
                             torch.bfloat16 if self.cuda else None)
         shape = (3, self.exp.network.image_size, self.exp.network.image_size)
         x_T = seed_noise(range(self.opt.sample_count), shape, self.device)
@@ -249,10 +251,48 @@ class Trainer:
                 "wall_time_s": round(self.wall_time, 1), "device": _device_name(self.device),
                 "final_loss": self.last_loss, "torch": torch.__version__, "finished": self.finished}
 
+    @torch.no_grad()
+    def calibrated_ema(self) -> UNet:
+        """A copy of the EMA network with BatchNorm statistics re-estimated for its own weights.
+
+        The EMA of the running statistics averages statistics of *past training weights*, which
+        do not match the averaged weights while they still move (seen on CPU runs: grainy EMA
+        samples next to clean raw-network samples). As in SWA's ``update_bn`` (Izmailov et al.
+        2018), run training batches (images, noise levels, noise: the training distribution)
+        through the EMA weights in train mode with a cumulative average. The training EMA itself
+        is left untouched, so exact resume is unaffected. Cached per step.
+        """
+        if getattr(self, "_calibrated", (None, None))[0] == self.step:
+            return self._calibrated[1]
+        net = copy.deepcopy(self.ema)
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the calibration batches
+        net.train()
+        g = torch.Generator(device=self.device).manual_seed(_step_seed(self.exp.train.seed, -(10**6)))
+        b = self.exp.train.batch_size
+        for _ in range(CALIBRATION_BATCHES):
+            idx = torch.randint(0, len(self.images), (b,), generator=g, device=self.device)
+            x0 = self.normalization.to_model(self.images[idx])
+            signal, noise = self.levels.draw(b, g)
+            eps = torch.randn(x0.shape, generator=g, device=self.device)
+            x_t = D.q_sample(x0, signal[:, None, None, None], noise[:, None, None, None], eps)
+            if self.cuda:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+                net(x_t, noise**2)
+        for m in norms:
+            m.momentum = self.exp.network.batchnorm_momentum
+        net.eval()
+        self._calibrated = (self.step, net)
+        return net
+
     def save(self) -> None:
-        """Write the EMA model and the full resume state, each atomically."""
-        desc = describe_model(self.exp, self.normalization, self.ema, self.training_facts())
-        save_checkpoint(self.out / "model", self.ema.state_dict(), desc)
+        """Write the (BatchNorm-calibrated) EMA model and the full resume state, atomically."""
+        ema = self.calibrated_ema()
+        desc = describe_model(self.exp, self.normalization, ema, self.training_facts())
+        save_checkpoint(self.out / "model", ema.state_dict(), desc)
         tensors = {f"model.{k}": v for k, v in self.network.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         for i, p in enumerate(self.network.parameters()):

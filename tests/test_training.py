@@ -88,3 +88,37 @@ def test_resume_refuses_another_config(tmp_path):
 def test_wrong_image_shape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         Trainer(tiny_experiment(), random_images(4, 32), tmp_path)
+
+
+def test_calibrated_ema_batchnorm_statistics(tmp_path):
+    """The exported EMA network's BatchNorm statistics are those of its own activations on
+    training batches (re-estimated), and the training EMA itself is left untouched."""
+    from diffusion_core.training import CALIBRATION_BATCHES, _step_seed
+    from diffusion_core.unet import sinusoidal_embedding
+
+    images = random_images(8, 16, seed=4)
+    exp = tiny_experiment(epochs=2, batch_size=4, ema_decay=0.5)
+    trainer = Trainer(exp, images, tmp_path, RunOptions(progress=False))
+    trainer.run()
+    before = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    cal = trainer.calibrated_ema()
+    assert all(torch.equal(before[k], v) for k, v in trainer.ema.state_dict().items())
+    # replay the calibration batches and measure the first BatchNorm's input directly
+    g = torch.Generator().manual_seed(_step_seed(exp.train.seed, -(10**6)))
+    means = []
+    with torch.no_grad():
+        for _ in range(CALIBRATION_BATCHES):
+            idx = torch.randint(0, len(images), (4,), generator=g)
+            x0 = trainer.normalization.to_model(trainer.images[idx])
+            signal, noise = trainer.levels.draw(4, g)
+            eps = torch.randn(x0.shape, generator=g)
+            x_t = D.q_sample(x0, signal[:, None, None, None], noise[:, None, None, None], eps)
+            e = sinusoidal_embedding(noise**2, 32, 1.0, 1000.0)[:, :, None, None].expand(4, 32, 16, 16)
+            h = torch.cat([trainer.ema.stem(x_t), e], dim=1)
+            means.append(h.mean(dim=(0, 2, 3)))
+    first_bn = cal.down[0][0].norm
+    assert torch.allclose(first_bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert not torch.allclose(first_bn.running_mean, trainer.ema.down[0][0].norm.running_mean, atol=1e-3)
+    # the saved model carries the calibrated statistics
+    saved = load_checkpoint(tmp_path / "model.json").network
+    assert torch.equal(saved.down[0][0].norm.running_mean, first_bn.running_mean)
