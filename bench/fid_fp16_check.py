@@ -1,6 +1,7 @@
 """Does storing the FID Inception weights in fp16 change FID? Half-vs-half FID of the bedroom set.
 
-Splits the bedroom scenes (LSUN-style) into two random halves, computes FID and KID between them at
+Splits the bedroom scenes (LSUN-style; decoded by ``data.load_image_set``: centre crop, PIL
+bicubic) into two random halves, computes FID and KID between them at
 64x64 with the fp32 weights and with fp16-stored weights (upcast to fp32 for compute), and prints
 both FIDs and their relative difference.
 
@@ -10,35 +11,14 @@ both FIDs and their relative difference.
 from __future__ import annotations
 
 import argparse
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from diffusion_core.data import load_image_set
 from diffusion_core.fid import default_weights_path, fid_from_features, load_feature_extractor
 from diffusion_core.inception import convert
-
-
-def load_tar_images(tar_path: Path, resolution: int) -> np.ndarray:
-    """All JPEG/PNG images of a tar, center-cropped to square, resized (PIL bicubic) -> [N, R, R, 3] uint8."""
-    with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(tmp, filter="data")
-        files = sorted(p for p in Path(tmp).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        images = []
-        for p in files:
-            im = Image.open(p).convert("RGB")
-            w, h = im.size
-            if w != h:
-                s = min(w, h)
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            if im.size != (resolution, resolution):
-                im = im.resize((resolution, resolution), Image.BICUBIC)
-            images.append(np.asarray(im, np.uint8))
-    return np.stack(images)
 
 
 def main() -> None:
@@ -52,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    images = load_tar_images(args.data, args.resolution)
+    images = load_image_set(args.data, args.resolution).images  # centre crop + PIL bicubic, [N, R, R, 3]
     if args.limit:
         images = images[:args.limit]
     perm = np.random.default_rng(args.seed).permutation(len(images))

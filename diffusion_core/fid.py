@@ -184,8 +184,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
         d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2})
 
-    mu: [D], sigma: [D x D]. If sigma1 sigma2 is singular and its square root not finite, eps is
-    added to both diagonals; a negligible imaginary part of the root is dropped, a large one raises.
+    mu: [D], sigma: [D x D]. (sigma1 sigma2)^{1/2} comes from scipy.linalg.sqrtm; if it is not
+    finite (singular product), eps is added to both diagonals; a negligible imaginary part is
+    dropped, a large one raises. Covariances of N < D samples have rank < N, so both are first
+    restricted to the joint support range(sigma1 + sigma2) (r dimensions): this leaves the trace
+    unchanged and turns a 10 s sqrtm at D = 2048 into milliseconds for small N.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -193,17 +196,33 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(f"shape mismatch: mu {mu1.shape} {mu2.shape}, sigma {sigma1.shape} {sigma2.shape}")
     diff = mu1 - mu2
+    s1, s2 = _restrict_to_joint_support(sigma1, sigma2)  # (r, r) each, r <= D
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # "matrix is singular": checked below
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)  # (sigma1 sigma2)^{1/2}
+        covmean = scipy.linalg.sqrtm(s1 @ s2)  # (sigma1 sigma2)^{1/2} on the support
         if not np.isfinite(covmean).all():
-            offset = np.eye(d) * eps
-            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+            offset = np.eye(len(s1)) * eps
+            covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"sqrtm(sigma1 sigma2) has a large imaginary part {np.abs(covmean.imag).max():.3g}")
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _restrict_to_joint_support(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """U^T sigma_i U with U [D x r] an orthonormal basis of range(sigma1 + sigma2); unchanged if r = D.
+
+    For PSD matrices range(sigma_i) lies in range(sigma1 + sigma2), so sigma1 sigma2 = U (U^T sigma1 U)
+    (U^T sigma2 U) U^T and both products have the same non-zero eigenvalues: the trace of the square
+    root is the same. Eigenvalues below D * machine-eps * max count as zero (numerical rank).
+    """
+    w, v = np.linalg.eigh(sigma1 + sigma2)  # ascending, (D,), (D, D)
+    keep = w > len(w) * np.finfo(np.float64).eps * max(w[-1], 0.0)
+    if keep.all() or not keep.any():
+        return sigma1, sigma2
+    u = v[:, keep]  # (D, r)
+    return u.T @ sigma1 @ u, u.T @ sigma2 @ u
 
 
 def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000,
