@@ -170,5 +170,5 @@ class UNet(nn.Module):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Number of parameters (frozen ones too: an EMA or loaded network has no gradients)."""
+    return sum(p.numel() for p in module.parameters())

@@ -135,3 +135,9 @@ def test_find_and_update(tmp_path):
     update_description(tmp_path / "one", metrics={"kid": 0.01})
     assert read_description(tmp_path / "one")["metrics"] == {"fid": 12.5, "kid": 0.01}
     assert find_checkpoints(tmp_path / "missing") == []
+
+
+def test_description_counts_parameters_of_frozen_networks(tmp_path):
+    model = load_checkpoint(make_tiny_checkpoint(tmp_path))
+    desc = describe_model(model.experiment, model.normalization, model.network)
+    assert desc["parameters"] == sum(p.numel() for p in UNet(model.experiment.network).parameters()) > 0
