@@ -8,9 +8,11 @@ python3 scripts/gpu/collect.py --data DATA --fid-weights W --out DIR [--table NA
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 import numpy as np
 import torch
