@@ -8,6 +8,7 @@ Settings chosen in the sidebar live under plain session-state keys (``extra_fold
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,14 +67,23 @@ def _keep(widget_key: str, state_key: str) -> None:
     st.session_state[state_key] = st.session_state[widget_key]
 
 
+def folder_input_allowed() -> bool:
+    """A shared server can forbid visitors to browse its file system for checkpoints:
+    DIFFUSION_EXPLORER_LOCK_FOLDERS=1 hides the extra-folder input."""
+    return os.environ.get("DIFFUSION_EXPLORER_LOCK_FOLDERS", "").strip() not in ("1", "true", "yes")
+
+
 def sidebar() -> None:
     """The settings every page shares: an extra checkpoint folder and the device."""
     with st.sidebar:
-        st.text_input("Also look in folder", value=st.session_state.get(FOLDER_KEY, ""), key="_extra_folder",
-                      on_change=_keep, args=("_extra_folder", FOLDER_KEY),
-                      placeholder="e.g. runs/ or /data/checkpoints",
-                      help=f"Checkpoints in {catalog.default_folder()} are always listed; add a folder "
-                           "(or a folder of training runs) here.")
+        if folder_input_allowed():
+            st.text_input("Also look in folder", value=st.session_state.get(FOLDER_KEY, ""), key="_extra_folder",
+                          on_change=_keep, args=("_extra_folder", FOLDER_KEY),
+                          placeholder="e.g. runs/ or /data/checkpoints",
+                          help=f"Checkpoints in {catalog.default_folder()} are always listed; add a folder "
+                               "(or a folder of training runs) here.")
+        else:
+            st.session_state.pop(FOLDER_KEY, None)
         options = devices()
         st.selectbox("Device", options, index=options.index(current_device()), key="_device",
                      on_change=_keep, args=("_device", DEVICE_KEY))

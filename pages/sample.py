@@ -20,6 +20,9 @@ def nearest_training_images(ref: cache.ModelRef, model: LoadedModel, images: np.
         st.info(neighbours.INSTALL_WEIGHTS)
         return
     source = neighbours.recorded_source(model.description)
+    if not neighbours.on_disk(source) and not widgets.folder_input_allowed():
+        st.info("The training images of this checkpoint are not on this server.")
+        return
     if not neighbours.on_disk(source):
         st.info(f"The training images of this checkpoint ({source or 'their path was not recorded'}) are not on "
                 "this machine. Name the data set it was trained on: an image folder, a .tar archive or an LSUN LMDB.")

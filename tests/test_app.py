@@ -362,3 +362,13 @@ def test_live_runs_stops_and_restarts(monkeypatch, folder, media):
     clean(at)
     final = make_grid(G.generate(model, [9, 10, 11, 12], SamplerConfig("ddim", steps)), cols=2)
     assert_shows(pixels(media, at.image[1]), final)
+
+
+def test_locked_server_hides_the_folder_input(tmp_path, monkeypatch):
+    """DIFFUSION_EXPLORER_LOCK_FOLDERS=1: visitors of a shared server cannot browse its disk."""
+    from explorer_ui import widgets
+
+    monkeypatch.setenv("DIFFUSION_EXPLORER_LOCK_FOLDERS", "1")
+    assert not widgets.folder_input_allowed()
+    monkeypatch.setenv("DIFFUSION_EXPLORER_LOCK_FOLDERS", "0")
+    assert widgets.folder_input_allowed()
