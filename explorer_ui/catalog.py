@@ -243,6 +243,7 @@ def table_row(entry: Entry) -> dict[str, Any]:
     widths = _get(exp, "network", "widths")
     wall = _number(_get(d, "training", "wall_time_s"))
     epochs = _number(_get(d, "training", "epochs_completed"))
+    measured = _fid_result(d)
     return {
         "name": entry.label,
         "family": str(exp.get("family", "")).upper() or None,
@@ -256,7 +257,20 @@ def table_row(entry: Entry) -> dict[str, Any]:
         "parameters": _number(d.get("parameters")),
         "images seen": _number(_get(d, "training", "images_seen")),
         "training time (h)": wall / 3600 if wall is not None else None,
-        "FID": _number(_get(d, "metrics", "fid")),
-        "KID": _number(_get(d, "metrics", "kid")),
+        "FID": _number(measured.get("fid")),
+        "KID": _number(measured.get("kid")),
+        "FID samples": _number(measured.get("num_samples")),
         "seed FID (reported)": _number(exp.get("reported_fid")),
     }
+
+
+def _fid_result(description: dict[str, Any]) -> dict[str, Any]:
+    """The protocol FID of ``metrics`` if there is one, else the latest recorded evaluation
+    (e.g. a smaller N on a CPU), so the table shows what is known with its sample count."""
+    metrics = description.get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    if metrics.get("fid") is not None:
+        return metrics
+    runs = [r for r in metrics.get("evaluations", []) if isinstance(r, dict) and r.get("fid") is not None]
+    return runs[-1] if runs else {}

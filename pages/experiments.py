@@ -30,7 +30,8 @@ st.dataframe(
         "parameters": st.column_config.NumberColumn(format="compact"),
         "images seen": st.column_config.NumberColumn(format="compact"),
         "training time (h)": st.column_config.NumberColumn(format="%.2f"),
-        "FID": st.column_config.NumberColumn(format="%.2f", help="Measured by this repo (see fid_num_samples)"),
+        "FID": st.column_config.NumberColumn(format="%.2f", help="Measured by this repo with N = 'FID samples' "
+                                                              "generated images (FID depends on N)"),
         "KID": st.column_config.NumberColumn(format="%.4f"),
         "seed FID (reported)": st.column_config.NumberColumn(format="%.2f", help=charts.SEED_FID_NOTE),
     },

@@ -372,3 +372,16 @@ def test_locked_server_hides_the_folder_input(tmp_path, monkeypatch):
     assert not widgets.folder_input_allowed()
     monkeypatch.setenv("DIFFUSION_EXPLORER_LOCK_FOLDERS", "0")
     assert widgets.folder_input_allowed()
+
+
+def test_table_shows_protocol_fid_or_latest_evaluation(tmp_path):
+    """The Experiments table shows the protocol FID, or else the latest evaluation with its N."""
+    from explorer_ui import catalog
+
+    path = make_tiny_checkpoint(tmp_path, "evaluated", metrics={"evaluations": [
+        {"fid": 120.0, "kid": 0.2, "num_samples": 100}, {"fid": 99.4, "kid": 0.098, "num_samples": 1000}]})
+    row = catalog.table_row(catalog.scan(tmp_path)[0])
+    assert (row["FID"], row["KID"], row["FID samples"]) == (99.4, 0.098, 1000)
+    path.write_text(path.read_text().replace('"evaluations"', '"fid": 12.5, "num_samples": 2911, "evaluations"'))
+    row = catalog.table_row(catalog.scan(tmp_path)[0])
+    assert (row["FID"], row["FID samples"]) == (12.5, 2911)
