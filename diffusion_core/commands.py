@@ -30,23 +30,44 @@ def train(args: argparse.Namespace) -> int:
         data={"samples": args.samples} if args.samples is not None else {},
         network={"image_size": args.image_size} if args.image_size is not None else {},
     )
-    device = resolve_device(args.device)
+    device, rank, world = _distributed(resolve_device(args.device))
+    say = print if rank == 0 else (lambda *a, **k: None)
     images = load_image_set(args.data, exp.network.image_size, exp.data.samples, seed=exp.train.seed,
-                            cache_dir=args.cache_dir, progress=not args.quiet)
+                            cache_dir=args.cache_dir, progress=not args.quiet and rank == 0)
     dataset = {"name": images.name, "source": images.source, "available": images.num_available}
     options = RunOptions(device=device, compile=args.compile, max_steps=args.max_steps,
-                         time_limit=args.time_limit, progress=not args.quiet)
-    trainer = Trainer(exp, images.images, args.out, options, dataset)
-    if trainer.resume():
-        if args.no_resume:
-            raise ValueError(f"{args.out} already holds a training state; remove --no-resume or use a new folder")
-        print(f"resuming {args.out} at step {trainer.step} of {trainer.total_steps}")
-    print(f"{exp.name}: {len(images)} images at {exp.network.image_size}px, {trainer.total_steps} steps "
-          f"({exp.train.epochs} epochs x {trainer.steps_per_epoch}), device {device}")
-    summary = trainer.run()
-    print(f"stopped at step {summary['steps']} ({summary['epochs']:.2f} epochs), loss {summary['loss']:.4f}, "
-          f"{'finished' if summary['finished'] else 'not finished: run the same command again to continue'}")
+                         time_limit=args.time_limit, progress=not args.quiet, rank=rank, world_size=world)
+    try:
+        trainer = Trainer(exp, images.images, args.out, options, dataset)
+        if trainer.resume():
+            if args.no_resume:
+                raise ValueError(f"{args.out} already holds a training state; remove --no-resume or use a new folder")
+            say(f"resuming {args.out} at step {trainer.step} of {trainer.total_steps}")
+        say(f"{exp.name}: {len(images)} images at {exp.network.image_size}px, {trainer.total_steps} steps "
+            f"({exp.train.epochs} epochs x {trainer.steps_per_epoch}), device {device}, {world} process(es)")
+        summary = trainer.run()
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    say(f"stopped at step {summary['steps']} ({summary['epochs']:.2f} epochs), loss {summary['loss']:.4f}, "
+        f"{'finished' if summary['finished'] else 'not finished: run the same command again to continue'}")
     return 0
+
+
+def _distributed(device: str) -> tuple[str, int, int]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, one GPU per
+    process by LOCAL_RANK; gloo on CPU) and return (device, rank, world size)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return device, 0, 1
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device, torch.distributed.get_rank(), world
 
 
 def sample(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ Output folder ``out/``:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -45,12 +46,14 @@ class RunOptions:
     max_steps: int | None = None  # stop (and save) after this many steps in total
     time_limit: float | None = None  # stop (and save) after this many seconds in this call
     log_every: int = 50
+    rank: int = 0  # this process among world_size (torchrun / DDP); rank 0 logs and saves
+    world_size: int = 1
     progress: bool = True
     sample_count: int = 16  # images in each sample grid
 
 
-def _step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
+def _step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17 + rank * 104_729_000_003) % (2**63 - 1)
 
 
 class Trainer:
@@ -85,10 +88,18 @@ class Trainer:
         t = experiment.train
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=t.learning_rate,
                                            weight_decay=t.weight_decay, fused=self.cuda)
-        self.forward = self.network
+        self.rank, self.world = options.rank, options.world_size
+        if self.world > 1 and t.batch_size % self.world:
+            raise ValueError(f"batch size {t.batch_size} does not split over {self.world} processes")
+        self.eager = self.network
+        if self.world > 1:  # gradients averaged over the processes; rank r takes rows r::world
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.eager = DistributedDataParallel(self.network, device_ids=[self.device.index] if self.cuda else None)
+        self.forward = self.eager
         if options.compile:
             try:
-                self.forward = torch.compile(self.network)
+                self.forward = torch.compile(self.eager)
             except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
                 print(f"torch.compile unavailable ({e}); training eagerly")
         self.levels = D.TrainingNoiseLevels(experiment.schedule, self.device)
@@ -111,7 +122,7 @@ class Trainer:
             self._order = torch.randperm(self.items_per_epoch, generator=g).to(self.device)
             self._order_epoch = epoch
         b = self.exp.train.batch_size
-        idx = self._order[within * b:(within + 1) * b]
+        idx = self._order[within * b:(within + 1) * b][self.rank::self.world]  # this process's rows
         n = len(self.images)
         x = self.images[idx % n]
         if self.exp.data.augment == "flip_x2":
@@ -144,7 +155,7 @@ class Trainer:
         return t.learning_rate
 
     def train_step(self) -> torch.Tensor:
-        self.gen.manual_seed(_step_seed(self.exp.train.seed, self.step))
+        self.gen.manual_seed(_step_seed(self.exp.train.seed, self.step, self.rank))
         self.network.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
@@ -153,12 +164,12 @@ class Trainer:
             loss = self._loss(self._batch(self.step))
             loss.backward()
         except Exception as e:  # noqa: BLE001 - torch.compile fails lazily, at the first call
-            if self.forward is self.network:
+            if self.forward is self.eager:
                 raise
             print(f"compiled network failed ({type(e).__name__}: {str(e)[:200]}); training eagerly")
-            self.forward = self.network
+            self.forward = self.eager
             self.optimizer.zero_grad(set_to_none=True)
-            self.gen.manual_seed(_step_seed(self.exp.train.seed, self.step))
+            self.gen.manual_seed(_step_seed(self.exp.train.seed, self.step, self.rank))
             loss = self._loss(self._batch(self.step))
             loss.backward()
         if self.exp.train.grad_clip > 0:
@@ -184,12 +195,15 @@ class Trainer:
         """Train until the last epoch, ``max_steps`` or ``time_limit``; returns a summary."""
         from tqdm import tqdm
 
+        main = self.rank == 0
         self.out.mkdir(parents=True, exist_ok=True)
         stop = self.total_steps if self.opt.max_steps is None else min(self.total_steps, self.opt.max_steps)
         start_step, started = self.step, time.perf_counter()
-        bar = tqdm(total=stop, initial=self.step, disable=not self.opt.progress, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=stop, initial=self.step, disable=not (self.opt.progress and main), unit="step",
+                   dynamic_ncols=True)
         window_loss, window_n, window_t = None, 0, time.perf_counter()
-        with open(self.out / "log.jsonl", "a", encoding="utf-8") as log:
+        logfile = open(self.out / "log.jsonl", "a", encoding="utf-8") if main else contextlib.nullcontext()
+        with logfile as log:
             while self.step < stop:
                 loss = self.train_step()
                 window_loss = loss if window_loss is None else window_loss + loss
@@ -200,11 +214,13 @@ class Trainer:
                     window_loss, window_n, window_t = self._log(log, bar, window_loss, window_n, window_t)
                 if epoch_done:
                     self._end_of_epoch(self.step // self.steps_per_epoch)
-                if self.opt.time_limit and time.perf_counter() - started > self.opt.time_limit:
+                if self.opt.time_limit and self._agree(time.perf_counter() - started > self.opt.time_limit):
                     break
         bar.close()
         self.wall_time += time.perf_counter() - started
-        self.save()
+        if main:
+            self.save()
+        self._barrier()
         return {"steps": self.step, "steps_this_call": self.step - start_step, "finished": self.finished,
                 "epochs": self.step / self.steps_per_epoch, "loss": self.last_loss, "wall_time_s": self.wall_time}
 
@@ -215,17 +231,31 @@ class Trainer:
         self.last_loss = loss
         record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "loss": loss,
                   "images_per_s": round(ips, 1), "lr": self._lr(self.step - 1), "time": time.time()}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
         return None, 0, now
 
     def _end_of_epoch(self, epoch: int) -> None:
         t = self.exp.train
-        if t.sample_every and epoch % t.sample_every == 0:
+        if self.rank == 0 and t.sample_every and epoch % t.sample_every == 0:
             self.sample_grid(self.out / "samples" / f"epoch_{epoch:04d}.png")
-        if t.checkpoint_every and epoch % t.checkpoint_every == 0:
+        if self.rank == 0 and t.checkpoint_every and epoch % t.checkpoint_every == 0:
             self.save()
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def _agree(self, flag: bool) -> bool:
+        """True if any process says so (all processes must stop at the same step)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
 
     @property
     def finished(self) -> bool:
