@@ -230,6 +230,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     return LoadedModel(stem.name, stem.with_suffix(".json"), network, experiment, normalization, desc)
 
 
+def shipping_description(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's description as a shipped checkpoint states it (weights: EMA in float16)."""
+    desc = dict(read_description(path))
+    desc.pop("weights_files", None)
+    desc["weights"] = "EMA, float16"
+    return desc
+
+
+def export_checkpoint(run: str | os.PathLike, dest: str | os.PathLike, shard_bytes: int | None = None) -> list[Path]:
+    """Write a training run's EMA model as a shippable checkpoint: fp16 safetensors + JSON."""
+    model = load_checkpoint(run)
+    return save_checkpoint(dest, model.network.state_dict(), shipping_description(run), dtype=torch.float16,
+                           shard_bytes=shard_bytes)
+
+
 def update_description(path: str | os.PathLike, **entries: Any) -> dict[str, Any]:
     """Merge ``entries`` into the description (dicts are merged one level deep); atomic."""
     stem = _stem(path)

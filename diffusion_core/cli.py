@@ -4,12 +4,7 @@ It only wires arguments to the core; every command's --help explains its flags."
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
-
-import numpy as np
 
 from .samplers import SAMPLERS
 

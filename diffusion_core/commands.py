@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, read_description, save_checkpoint
+from .checkpoint import export_checkpoint, load_checkpoint
 from .cli import seed_list
 from .config import load_experiment
 from .images import gif_bytes, make_grid, save_png
@@ -115,12 +115,8 @@ def invert(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    model = load_checkpoint(args.run)
-    desc = dict(read_description(args.run))
-    desc.pop("weights_files", None)
-    desc["weights"] = "EMA, float16"
     shard = int(args.shard_mib * 2**20) if args.shard_mib else None
-    paths = save_checkpoint(args.dest, model.network.state_dict(), desc, dtype=torch.float16, shard_bytes=shard)
+    paths = export_checkpoint(args.run, args.dest, shard)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -4,8 +4,6 @@ real-vs-real floor, and the share of near-copies of training images (memorisatio
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import numpy as np
 import torch
 
 from .checkpoint import LoadedModel, load_checkpoint, update_description
-from .fid import (FeatureExtractor, fid_from_features, load_feature_extractor, near_copy_report)
+from .fid import FeatureExtractor, cache_path, fid_from_features, load_feature_extractor, near_copy_report
 from .generate import generate
 from .samplers import SamplerConfig
 
@@ -22,10 +20,7 @@ from .samplers import SamplerConfig
 def cached_features(images: np.ndarray, name: str, extractor: FeatureExtractor, cache_dir: str | Path) -> np.ndarray:
     """Inception features [N x 2048] of uint8 images [N x R x R x 3], cached as .npz (float32 on
     disk, float64 out) keyed by data-set name, resolution, count, pixels and weights."""
-    pixels = hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()[:10]
-    weights = hashlib.sha256(extractor.weights_id.encode()).hexdigest()[:8]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "images"
-    path = Path(cache_dir) / f"{slug}-{images.shape[1]}px-n{len(images)}-{pixels}-w{weights}-features.npz"
+    path = cache_path(cache_dir, images, name, extractor.weights_id, "features")
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -42,19 +37,22 @@ def cached_features(images: np.ndarray, name: str, extractor: FeatureExtractor, 
     return feats
 
 
-def real_vs_real_floor(real_feats: np.ndarray, seed: int = 0) -> dict[str, float]:
+def real_vs_real_floor(real_feats: np.ndarray, seed: int = 0, frechet: str = "sqrtm") -> dict[str, float]:
     """FID and KID between two random halves of the real set: what "good" means at this N."""
     order = np.random.default_rng(seed).permutation(len(real_feats))
     half = len(order) // 2
-    r = fid_from_features(real_feats[order[:half]], real_feats[order[half:]], kid_subset_size=min(1000, half))
+    r = fid_from_features(real_feats[order[:half]], real_feats[order[half:]], kid_subset_size=min(1000, half),
+                          method=frechet)
     return {"fid": r["fid"], "kid": r["kid"], "n_a": r["n_a"], "n_b": r["n_b"]}
 
 
 def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, sampler: SamplerConfig,
                    num_samples: int, extractor: FeatureExtractor, cache_dir: str | Path,
-                   memorization: bool = True, autocast: torch.dtype | None = None) -> dict[str, Any]:
+                   memorization: bool = True, autocast: torch.dtype | None = None,
+                   frechet: str = "sqrtm") -> dict[str, Any]:
     """FID/KID of ``num_samples`` samples against the real images (uint8 [N x R x R x 3] at the
-    model's resolution R); optionally the near-copy share. Returns a JSON-ready dict."""
+    model's resolution R); optionally the near-copy share. ``frechet``: see fid_from_features.
+    Returns a JSON-ready dict."""
     size = model.experiment.network.image_size
     if real_images.shape[1:] != (size, size, 3):
         raise ValueError(f"reference images are {real_images.shape[1]} px, the model makes {size} px")
@@ -67,7 +65,8 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     sample_time = time.perf_counter() - start
     real_feats = cached_features(real_images, real_name, extractor, cache_dir)
     fake_feats = extractor(samples)
-    r = fid_from_features(fake_feats, real_feats, kid_subset_size=min(1000, num_samples, len(real_images)))
+    r = fid_from_features(fake_feats, real_feats, kid_subset_size=min(1000, num_samples, len(real_images)),
+                          method=frechet)
     result = {"fid": round(r["fid"], 3), "kid": round(r["kid"], 5), "kid_std": round(r["kid_std"], 5),
               "num_samples": num_samples, "num_reference": len(real_images),
               "reference": f"{real_name} at {size}px", "sampler": sampler.name, "steps": sampler.num_steps,

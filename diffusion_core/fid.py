@@ -254,14 +254,31 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, num_subsets: int =
     return float(mmd2.mean()), float(mmd2.std())
 
 
+def frechet_distance_eigh(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The same Frechet distance, with Tr((sigma1 sigma2)^{1/2}) from the eigenvalues of the
+    symmetric sigma1^{1/2} sigma2 sigma1^{1/2} (similar to sigma1 sigma2, so the same spectrum):
+    two symmetric eigendecompositions instead of scipy's sqrtm, which took 34 s per full-rank
+    2048 x 2048 product on a busy GPU host. Agrees with ``frechet_distance`` to rounding (tested)."""
+    w, v = np.linalg.eigh(np.asarray(sigma1, np.float64))
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # sigma1^{1/2}
+    m = root1 @ np.asarray(sigma2, np.float64) @ root1
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
+
+
 def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, kid_subsets: int = 100,
-                      kid_subset_size: int = 1000, seed: int = 0) -> dict:
-    """FID and KID of two feature sets [N_a x D], [N_b x D] -> dict(fid, kid, kid_std, n_a, n_b)."""
+                      kid_subset_size: int = 1000, seed: int = 0, method: str = "sqrtm") -> dict:
+    """FID and KID of two feature sets [N_a x D], [N_b x D] -> dict(fid, kid, kid_std, n_a, n_b).
+    ``method``: "sqrtm" (scipy, the reference) or "eigh" (``frechet_distance_eigh``, faster)."""
+    if method not in ("sqrtm", "eigh"):
+        raise ValueError(f"method must be sqrtm or eigh, got {method!r}")
     a, b = RunningStats(feats_a.shape[1]), RunningStats(feats_b.shape[1])
     a.update(feats_a)
     b.update(feats_b)
     kid, kid_std = kernel_inception_distance(feats_a, feats_b, kid_subsets, kid_subset_size, seed)
-    return dict(fid=frechet_distance(a.mean, a.cov, b.mean, b.cov), kid=kid, kid_std=kid_std,
+    distance = frechet_distance if method == "sqrtm" else frechet_distance_eigh
+    return dict(fid=distance(a.mean, a.cov, b.mean, b.cov), kid=kid, kid_std=kid_std,
                 n_a=len(feats_a), n_b=len(feats_b))
 
 
@@ -270,6 +287,16 @@ def fid_from_images(a_uint8: np.ndarray, b_uint8: np.ndarray, extractor: Feature
     result = fid_from_features(extractor(a_uint8), extractor(b_uint8), **kid_args)
     result["weights"] = extractor.weights_id
     return result
+
+
+def cache_path(cache_dir: str | Path, images: np.ndarray, name: str, weights_id: str, kind: str) -> Path:
+    """``cache_dir/NAME-Rpx-nN-imgPIXELS-wWEIGHTS-KIND.npz`` for uint8 images [N x R x R x 3]: the
+    name holds hashes of the pixels and of the weights, so changed images or other weights never
+    reuse a stale cache."""
+    weights_hash = hashlib.sha256(weights_id.encode()).hexdigest()[:8]
+    pixels_hash = hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
+    return Path(cache_dir) / f"{slug}-{images.shape[1]}px-n{len(images)}-img{pixels_hash}-w{weights_hash}-{kind}.npz"
 
 
 def reference_stats(image_set_images: np.ndarray, name: str, resolution: int, extractor: FeatureExtractor,
@@ -282,10 +309,7 @@ def reference_stats(image_set_images: np.ndarray, name: str, resolution: int, ex
     images = np.asarray(image_set_images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (resolution, resolution, 3):
         raise ValueError(f"expected uint8 images [N, {resolution}, {resolution}, 3], got {images.dtype} {images.shape}")
-    weights_hash = hashlib.sha256(extractor.weights_id.encode()).hexdigest()[:8]
-    pixels_hash = hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()[:8]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
-    path = Path(cache_dir) / f"{slug}-{resolution}px-n{len(images)}-img{pixels_hash}-w{weights_hash}.npz"
+    path = cache_path(cache_dir, images, name, extractor.weights_id, "stats")
     if path.is_file():
         stats = RunningStats.load(path)
         if (stats.weights_id, stats.n, stats.resolution, stats.dataset) == (

@@ -19,6 +19,11 @@ from .schedules import max_sampling_steps
 MAX_BATCH_PIXELS = 64 * 128 * 128  # images per network call are chunked to bound memory
 
 
+def _chunk_size(model: LoadedModel) -> int:
+    """Images per network call: MAX_BATCH_PIXELS worth of the model's resolution."""
+    return max(1, MAX_BATCH_PIXELS // model.experiment.network.image_size ** 2)
+
+
 def check_sampler(model: LoadedModel, config: SamplerConfig) -> None:
     """Raise ValueError if the step count is beyond what the model's schedule allows."""
     limit = max_sampling_steps(model.experiment.schedule)
@@ -41,8 +46,9 @@ def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
 def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
              autocast: torch.dtype | None = None, per_image_noise: bool = True) -> np.ndarray:
     """Samples for ``seeds`` as uint8 [N x H x W x 3]; large requests run in chunks."""
-    size = model.experiment.network.image_size
-    chunk = max(1, MAX_BATCH_PIXELS // (size * size))
+    if len(seeds) == 0:
+        raise ValueError("give at least one seed")
+    chunk = _chunk_size(model)
     out = []
     for i in range(0, len(seeds), chunk):
         x0 = sample(step_states(model, list(seeds[i:i + chunk]), config, autocast, per_image_noise))
@@ -92,8 +98,7 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
             raise ValueError("interpolation needs at least two seeds")
         keys = seed_noise(seeds, model.image_shape)
     path = interpolate(keys.cpu(), frames, method).to(model.device)
-    size = model.experiment.network.image_size
-    chunk = max(1, MAX_BATCH_PIXELS // (size * size))
+    chunk = _chunk_size(model)
     out = []
     for i in range(0, len(path), chunk):
         steps = sample_steps(model.denoiser(), model.experiment.schedule, path[i:i + chunk], config)

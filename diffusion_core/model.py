@@ -4,6 +4,7 @@ normalisation, and the conversion between the network's units and uint8 pixels."
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +34,9 @@ class PixelNormalization:
         return cls(tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3)))
 
     def _tensors(self, device, dtype=torch.float32):
-        mean = torch.tensor(self.mean, device=device, dtype=dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device, dtype=dtype).view(1, 3, 1, 1)
-        return mean, std
+        """mean, std [1 x 3 x 1 x 1] on ``device``, made once (the training step calls this every
+        step; building them anew would be two host-to-device copies per step)."""
+        return _mean_std(self.mean, self.std, str(torch.device(device)), dtype)
 
     def to_model(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 [N x 3 x H x W] (any device) -> float32 network units."""
@@ -52,6 +53,13 @@ class PixelNormalization:
         """Bounds [1 x 3 x 1 x 1] of valid pixels in network units, for clipping predicted x0."""
         mean, std = self._tensors(device)
         return (0.0 - mean) / std, (1.0 - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_std(mean: tuple, std: tuple, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode(False):  # shared: ordinary tensors even if first asked for in inference mode
+        return (torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1),
+                torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1))
 
 
 class Denoiser:

@@ -85,6 +85,9 @@ class Trainer:
         self.ema = UNet(experiment.network).to(self.device, memory_format=fmt)
         self.ema.load_state_dict(self.network.state_dict())
         self.ema.eval().requires_grad_(False)
+        # the tensors the EMA averages, paired once (load_state_dict copies in place, so they stay valid)
+        self._ema_pairs = ([*self.ema.parameters(), *(b for b in self.ema.buffers() if b.is_floating_point())],
+                           [*self.network.parameters(), *(b for b in self.network.buffers() if b.is_floating_point())])
         t = experiment.train
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=t.learning_rate,
                                            weight_decay=t.weight_decay, fused=self.cuda)
@@ -183,12 +186,8 @@ class Trainer:
     def _update_ema(self) -> None:
         """ema <- decay * ema + (1 - decay) * weights, for parameters and BatchNorm statistics
         alike (as the Keras example's EMA over ``network.weights``)."""
-        decay = self.exp.train.ema_decay
-        ema_p = [p for p in self.ema.parameters()]
-        ema_p += [b for b in self.ema.buffers() if b.is_floating_point()]
-        net_p = [p.detach() for p in self.network.parameters()]
-        net_p += [b for b in self.network.buffers() if b.is_floating_point()]
-        torch._foreach_lerp_(ema_p, net_p, 1.0 - decay)
+        ema, net = self._ema_pairs
+        torch._foreach_lerp_(ema, net, 1.0 - self.exp.train.ema_decay)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ sinusoidal embedding with frequencies log-spaced from 1 to ``embedding_max_frequ
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

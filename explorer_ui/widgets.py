@@ -12,7 +12,7 @@ import os
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import streamlit as st
@@ -20,6 +20,7 @@ import torch
 
 from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.images import png_bytes
+from diffusion_core.samplers import SAMPLERS
 from diffusion_core.schedules import max_sampling_steps
 from diffusion_core.training import resolve_device
 
@@ -236,3 +237,27 @@ def sampler_inputs(prefix: str, default_steps: int, limit: int, names: Sequence[
     eta = where.slider("eta (DDIM)", 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta", disabled=name != "ddim",
                        help="0: deterministic DDIM; 1: the DDPM posterior variance.")
     return name, steps, float(eta) if name == "ddim" else 0.0
+
+
+class GridInputs(NamedTuple):
+    entry: catalog.Entry
+    ref: cache.ModelRef
+    model: LoadedModel
+    name: str  # sampler
+    steps: int
+    eta: float
+    seed: int  # first seed
+    count: int
+    default_count: int
+
+
+def grid_inputs(entries: Sequence[catalog.Entry], prefix: str) -> GridInputs:
+    """Checkpoint, sampler, steps, eta, first seed and image count: the controls that the Sample
+    and Live pages share, with defaults from the model's size."""
+    entry = pick_checkpoint(entries, f"{prefix}_checkpoint", reset=(f"{prefix}_steps", f"{prefix}_count"))
+    ref, model = load(entry)
+    count0, steps0 = default_plan([model])
+    name, steps, eta = sampler_inputs(prefix, steps0, max_sampling_steps(model.experiment.schedule), SAMPLERS)
+    seed, count = seed_inputs(prefix, count0)
+    return GridInputs(entry, ref, model, name, steps, eta, seed, count, count0)
+

@@ -13,20 +13,14 @@ import streamlit as st
 
 from diffusion_core import generate as G
 from diffusion_core.images import make_grid, png_bytes
-from diffusion_core.samplers import SAMPLERS, SamplerConfig, StepState
-from diffusion_core.schedules import max_sampling_steps
+from diffusion_core.samplers import SamplerConfig, StepState
 from explorer_ui import cache, pictures, plans, widgets
 
 st.title("Live")
 entries = widgets.usable_or_stop()
 left, right = st.columns([1, 3])
 with left:
-    entry = widgets.pick_checkpoint(entries, "live_checkpoint", reset=("live_steps", "live_count"))
-    ref, model = widgets.load(entry)
-    count0, steps0 = widgets.default_plan([model])
-    limit = max_sampling_steps(model.experiment.schedule)
-    name, steps, eta = widgets.sampler_inputs("live", steps0, limit, SAMPLERS)
-    seed, count = widgets.seed_inputs("live", count0)
+    entry, ref, model, name, steps, eta, seed, count, _ = widgets.grid_inputs(entries, "live")
     start, stop = st.columns(2)
     started = start.button("Start", key="live_start", type="primary")
     stop.button("Stop", key="live_stop", on_click=lambda: st.session_state.update(live_stop_requested=True))

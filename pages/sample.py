@@ -7,8 +7,7 @@ import streamlit as st
 from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.generate import check_sampler
 from diffusion_core.images import make_grid, png_bytes
-from diffusion_core.samplers import SAMPLERS, SamplerConfig
-from diffusion_core.schedules import max_sampling_steps
+from diffusion_core.samplers import SamplerConfig
 from explorer_ui import cache, neighbours, plans, widgets
 
 
@@ -61,12 +60,7 @@ st.title("Sample")
 entries = widgets.usable_or_stop()
 left, right = st.columns([1, 3])
 with left:
-    entry = widgets.pick_checkpoint(entries, "sample_checkpoint", reset=("sample_steps", "sample_count"))
-    ref, model = widgets.load(entry)
-    count0, steps0 = widgets.default_plan([model])
-    limit = max_sampling_steps(model.experiment.schedule)
-    name, steps, eta = widgets.sampler_inputs("sample", steps0, limit, SAMPLERS)
-    seed, count = widgets.seed_inputs("sample", count0)
+    entry, ref, model, name, steps, eta, seed, count, count0 = widgets.grid_inputs(entries, "sample")
     cols = st.number_input("Grid columns", min_value=1, max_value=32, value=min(count0, 4), step=1,
                            key="sample_cols")
 

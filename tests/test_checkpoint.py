@@ -17,7 +17,6 @@ def _net_and_desc():
     torch.manual_seed(0)
     net = UNet(exp.network)
     torch.nn.init.normal_(net.head.weight, std=0.05)
-    net.norm_stats = None
     for m in net.modules():  # non-trivial BatchNorm statistics must survive the round trip too
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)

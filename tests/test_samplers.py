@@ -4,7 +4,6 @@ mean and variance."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 

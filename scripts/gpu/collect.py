@@ -14,27 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-import numpy as np
 import torch
 
-import diffusion_core.fid as fid_module
-
-from diffusion_core.checkpoint import load_checkpoint, read_description, save_checkpoint, write_json
+from diffusion_core.checkpoint import (export_checkpoint, load_checkpoint, read_description, shipping_description,
+                                       write_json)
 from diffusion_core.data import load_image_set
 from diffusion_core.evaluation import cached_features, evaluate_model, real_vs_real_floor, record_result
 from diffusion_core.fid import load_feature_extractor
 from diffusion_core.samplers import SamplerConfig
-
-def frechet_distance_eigh(mu1, sigma1, mu2, sigma2) -> float:
-    """The same Frechet distance as fid.frechet_distance, with Tr((S1 S2)^1/2) taken from the
-    eigenvalues of the symmetric S1^1/2 S2 S1^1/2 (similar to S1 S2): two symmetric eigen-
-    decompositions instead of scipy's sqrtm, which took 34 s per 2048x2048 call on the GPU host."""
-    w, v = np.linalg.eigh(sigma1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = root1 @ sigma2 @ root1
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
-
 
 TABLE = [("ddim", 10, 0.0), ("ddim", 20, 0.0), ("ddim", 50, 0.0), ("ddim", 100, 0.0),
          ("ddim", 10, 1.0), ("ddim", 20, 1.0), ("ddim", 50, 1.0), ("ddim", 100, 1.0), ("ddpm", 1000, 0.0)]
@@ -54,7 +41,6 @@ def main() -> None:
     p.add_argument("--tag", default="all", help="results file name: results_TAG.json")
     args = p.parse_args()
     out = Path(args.out)
-    fid_module.frechet_distance = frechet_distance_eigh
     torch.backends.cuda.matmul.allow_tf32 = True
     extractor = load_feature_extractor(args.fid_weights, args.device, batch_size=200)
     results: dict = {"weights": extractor.weights_id, "floors": {}, "runs": {}}
@@ -70,7 +56,7 @@ def main() -> None:
             real = load_image_set(args.data, size, cache_dir=".cache/data")
             feats = cached_features(real.images, real.name, extractor, ".cache/fid")
             real_cache[size] = real
-            results["floors"][size] = real_vs_real_floor(feats)
+            results["floors"][size] = real_vs_real_floor(feats, frechet="eigh")
             print(f"floor at {size}px: {results['floors'][size]}", flush=True)
         real = real_cache[size]
         n = args.num_samples or len(real)
@@ -81,21 +67,18 @@ def main() -> None:
         for sampler, steps, eta in configs:
             r = evaluate_model(model, real.images, real.name, SamplerConfig(sampler, steps, eta), n, extractor,
                                ".cache/fid", memorization=(sampler, steps, eta) == ("ddim", 50, 0.0),
-                               autocast=torch.bfloat16 if args.device.startswith("cuda") else None)
+                               autocast=torch.bfloat16 if args.device.startswith("cuda") else None,
+                               frechet="eigh")  # sqrtm took 34 s per call on the busy GPU host
             record_result(run, r, protocol=(sampler, steps, eta) == ("ddim", 50, 0.0) and n == len(real))
             evals.append(r)
             print(f"{name} {sampler} {steps} eta={eta}: FID {r['fid']:.2f} KID {r['kid']:.4f} "
                   f"near-copies {r.get('near_copy_share', '-')} ({r['sampling_time_s']} s)", flush=True)
             results["runs"][name] = {"evaluations": evals, "training": read_description(run)["training"],
                                      "eval_time_s": round(time.perf_counter() - t0, 1)}
-            dest = out / "checkpoints" / name
-            desc = dict(read_description(run))
-            desc.pop("weights_files", None)
-            desc["weights"] = "EMA, float16"
             if name in args.ship:
-                save_checkpoint(dest, model.network.state_dict(), desc, dtype=torch.float16)
+                export_checkpoint(run, out / "checkpoints" / name)
             else:
-                write_json(out / "descriptions" / f"{name}.json", desc)
+                write_json(out / "descriptions" / f"{name}.json", shipping_description(run))
             log = run.parent / "log.jsonl"
             if log.exists():
                 (out / "logs").mkdir(parents=True, exist_ok=True)
