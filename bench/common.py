@@ -56,6 +56,8 @@ class Settings:
     windows: int  # timed windows per case; the median is reported
     curve_steps: int  # training steps of the loss-curve comparison
     compile_backend: str  # torch.compile backend; "inductor" is the real one
+    compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
+    only: tuple[str, ...] = ()  # run only the cases whose label contains one of these
 
     @property
     def cuda(self) -> bool:
@@ -197,6 +199,9 @@ def parse_settings(argv: Sequence[str] | None, description: str) -> Settings:
     parser.add_argument("--compile-backend", default=None,
                         help="torch.compile backend (default inductor; aot_eager with --quick on a CPU, where "
                              "Inductor's C++ builds take minutes)")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode for every compiled case, e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--only", nargs="+", default=(), help="run only cases whose label contains one of these")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads or (args.quick and device.type == "cpu"):
@@ -211,7 +216,8 @@ def parse_settings(argv: Sequence[str] | None, description: str) -> Settings:
                     warmup_s=0.0 if quick else 0.3,
                     window_s=args.window if args.window is not None else (0.05 if quick else 1.0),
                     windows=args.windows or (2 if quick else 3),
-                    curve_steps=args.curve_steps or (20 if quick else 1000))
+                    curve_steps=args.curve_steps or (20 if quick else 1000),
+                    compile_mode=args.compile_mode, only=tuple(args.only))
 
 
 def environment(settings: Settings) -> dict[str, Any]:
@@ -276,21 +282,26 @@ def main(suites: Sequence[Callable[[Settings], list[Case]]], argv: Sequence[str]
          description: str = "diffusion-explorer benchmarks") -> None:
     """Run the cases of every suite in this process and print one table."""
     settings = parse_settings(argv, description)
-    if settings.compile_backend != "inductor":
-        # training.Trainer calls torch.compile itself, so the backend is chosen at that entry point
-        torch.compile = functools.partial(torch.compile, backend=settings.compile_backend)
+    if settings.compile_backend != "inductor" or settings.compile_mode:
+        # training.Trainer calls torch.compile itself, so backend and mode are chosen at that entry point
+        torch.compile = functools.partial(torch.compile, backend=settings.compile_backend, mode=settings.compile_mode)
     if settings.cuda:  # the project's CUDA defaults (training.Trainer sets the same)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     env = environment(settings)
+    if settings.compile_mode:
+        env["compile_mode"] = settings.compile_mode
     log("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     rows = []
     for suite in suites:
-        rows += run_cases(suite(settings))
+        cases = suite(settings)
+        if settings.only:
+            cases = [c for c in cases if any(o in c.label for o in settings.only)]
+        rows += run_cases(cases)
     table = markdown_table(rows, show_mfu=settings.cuda)
     print(f"\n## Benchmarks ({env.get('gpu', env['cpu'])}, torch {env['torch']}"
-          f"{', quick' if settings.quick else ''})\n\n{table}\n\nMFU = passes x forward FLOPs x images/s / "
+          f"{', quick' if settings.quick else ''}{f', compile mode {settings.compile_mode}' if settings.compile_mode else ''})\n\n{table}\n\nMFU = passes x forward FLOPs x images/s / "
           f"{PEAK_FLOPS / 1e12:.0f}e12 (passes: 3 for training, the step count for sampling)", flush=True)
     out = os.environ.get("OUT")
     if out:

@@ -4,6 +4,7 @@ real-vs-real floor, and the share of near-copies of training images (memorisatio
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def cached_features(images: np.ndarray, name: str, extractor: FeatureExtractor, 
             pass  # unreadable cache: recompute
     feats = extractor(images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes computing the same features at once
     np.savez(tmp, features=feats.astype(np.float32), weights=extractor.weights_id)
     tmp.replace(path)
     return feats

@@ -39,12 +39,29 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--only", nargs="*", help="evaluate only these runs (to spread runs over GPUs)")
     p.add_argument("--tag", default="all", help="results file name: results_TAG.json")
+    p.add_argument("--reference-sizes", type=int, nargs="+",
+                   help="only cache the real images' features and floors at these resolutions, then stop")
     args = p.parse_args()
     out = Path(args.out)
     torch.backends.cuda.matmul.allow_tf32 = True
     extractor = load_feature_extractor(args.fid_weights, args.device, batch_size=200)
     results: dict = {"weights": extractor.weights_id, "floors": {}, "runs": {}}
     real_cache: dict = {}
+
+    def reference(size: int):
+        if size not in real_cache:
+            real = load_image_set(args.data, size, cache_dir=".cache/data")
+            feats = cached_features(real.images, real.name, extractor, ".cache/fid")
+            real_cache[size] = real
+            results["floors"][size] = real_vs_real_floor(feats, frechet="eigh")
+            print(f"floor at {size}px: {results['floors'][size]}", flush=True)
+        return real_cache[size]
+
+    if args.reference_sizes:
+        for size in args.reference_sizes:
+            reference(size)
+            write_json(out / f"results_{args.tag}.json", results)
+        return
     for run in sorted(Path(args.runs).glob("*/model.json")):
         name = run.parent.name
         if args.only and name not in args.only:
@@ -52,13 +69,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model = load_checkpoint(run, args.device)
         size = model.experiment.network.image_size
-        if size not in real_cache:
-            real = load_image_set(args.data, size, cache_dir=".cache/data")
-            feats = cached_features(real.images, real.name, extractor, ".cache/fid")
-            real_cache[size] = real
-            results["floors"][size] = real_vs_real_floor(feats, frechet="eigh")
-            print(f"floor at {size}px: {results['floors'][size]}", flush=True)
-        real = real_cache[size]
+        real = reference(size)
         n = args.num_samples or len(real)
         configs = TABLE if name in args.table else [("ddim", 50, 0.0)]
         if model.experiment.family == "ddpm" and name not in args.table:

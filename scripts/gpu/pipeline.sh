@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# On the GPU machine, one command for the whole lease: per GPU, train a group of runs side by side
+# (each stops and saves by itself after TIME_LIMIT seconds), then measure that group with
+# collect.py into res/gG; meanwhile one process caches the real images' FID features and floors.
+# Everything runs detached (setsid), so it needs no call of ours in flight: calls only keep the
+# machine warm and bring results back (scripts/gpu/wait.sh).
+#
+#   SHIP="ours ddim_08" TABLE="ours" bash scripts/gpu/pipeline.sh DATA TIME_LIMIT FID_WEIGHTS \
+#       0=ours 1=ddim_08 3=ddim_01,ddim_03
+#
+# Environment: SHIP (runs whose fp16 weights come back), TABLE (runs that get the steps table),
+# REF_SIZES (resolutions whose real features are cached first, e.g. "64 80 128"), REF_GPU,
+# DEVICE (default cuda; cpu for a rehearsal), TRAIN_EXTRA / COLLECT_EXTRA (more flags),
+# AFTER_G (a command run on GPU G once its group is measured, e.g. a benchmark).
+# A run may carry its own time limit: 1=ddim_08:1000.
+set -euo pipefail
+data=$1; limit=$2; weights=$3; shift 3
+device=${DEVICE:-cuda}
+compile=""; [ "$device" = cuda ] && compile="--compile"
+mkdir -p runs res
+declare -A AFTER
+for var in ${!AFTER_*}; do AFTER[${var#AFTER_}]=${!var}; done
+if [ -n "${REF_SIZES:-}" ]; then
+  CUDA_VISIBLE_DEVICES=${REF_GPU:-0} setsid nohup python3 scripts/gpu/collect.py --data "$data" --fid-weights "$weights" \
+    --out res/reference --tag reference --reference-sizes $REF_SIZES --device "$device" \
+    > runs/reference.out 2>&1 < /dev/null &
+  echo "caching real features at ${REF_SIZES}px on GPU ${REF_GPU:-0} (pid $!)"
+fi
+for spec in "$@"; do
+  gpu=${spec%%=*}; names=${spec#*=}; names=${names//,/ }
+  script="set -u"$'\n'"export CUDA_VISIBLE_DEVICES=$gpu PYTHONUNBUFFERED=1"
+  runs=""
+  for spec_name in $names; do
+    name=${spec_name%%:*}; run_limit=${spec_name#*:}; [ "$run_limit" = "$spec_name" ] && run_limit=$limit
+    runs+=" $name"
+    script+=$'\n'"python3 -m diffusion_core train experiments/$name.toml --data '$data' --out runs/$name --device $device \
+$compile --quiet --time-limit $run_limit --cache-dir .cache/data ${TRAIN_EXTRA:-} > runs/$name.out 2>&1 &"
+  done
+  script+=$'\n'"wait"$'\n'"python3 scripts/gpu/collect.py --data '$data' --fid-weights '$weights' --out res/g$gpu --tag g$gpu \
+--only$runs --ship ${SHIP:-} --table ${TABLE:-} --device $device ${COLLECT_EXTRA:-}"$'\n'"${AFTER[$gpu]:-}"$'\n'"touch runs/group_$gpu.done"
+  setsid nohup bash -c "$script" > "runs/group_$gpu.out" 2>&1 < /dev/null &
+  echo "GPU $gpu:$runs (pid $!)"
+done
