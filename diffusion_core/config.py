@@ -51,6 +51,10 @@ class TrainConfig:
     loss: Loss = "l1"  # l1: mean absolute error on the noise (Keras DDIM); l2: MSE (DDPM)
     prediction: Literal["eps", "v"] = "eps"  # what the network predicts
     ema_decay: float = 0.999
+    # EMA decay at step t is min(ema_decay, (1 + t) / (10 + t)) (the num_updates rule of TF's
+    # ExponentialMovingAverage): without it a short run's EMA keeps ema_decay**steps of the random
+    # initialisation (8% after ddim_01's 2,500 steps), which ruined its samples on the GPU
+    ema_warmup: bool = True
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     warmup_steps: int = 0  # linear learning-rate warm-up
     seed: int = 0

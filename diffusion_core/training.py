@@ -182,12 +182,18 @@ class Trainer:
         self.step += 1
         return loss.detach()
 
+    def ema_decay_at(self, step: int) -> float:
+        """The EMA decay of optimizer step ``step`` (0-based): ``ema_decay``, capped early in training
+        by (1 + step) / (10 + step) when ``ema_warmup`` is on."""
+        t = self.exp.train
+        return min(t.ema_decay, (1 + step) / (10 + step)) if t.ema_warmup else t.ema_decay
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         """ema <- decay * ema + (1 - decay) * weights, for parameters and BatchNorm statistics
         alike (as the Keras example's EMA over ``network.weights``)."""
         ema, net = self._ema_pairs
-        torch._foreach_lerp_(ema, net, 1.0 - self.exp.train.ema_decay)
+        torch._foreach_lerp_(ema, net, 1.0 - self.ema_decay_at(self.step))
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -88,6 +89,26 @@ def test_resume_refuses_another_config(tmp_path):
 def test_wrong_image_shape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         Trainer(tiny_experiment(), random_images(4, 32), tmp_path)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_follows_its_recurrence_with_warmup(tmp_path, warmup):
+    """EMA after each step equals d_t * ema + (1 - d_t) * weights with d_t = min(0.999, (1+t)/(10+t))
+    (warm-up) or 0.999 (without), starting from the initial weights."""
+    exp = tiny_experiment(epochs=2, batch_size=4, ema_decay=0.999)
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, ema_warmup=warmup))
+    trainer = Trainer(exp, random_images(8, 16, seed=5), tmp_path, RunOptions(progress=False))
+    name = "stem.weight"
+    expected = dict(trainer.network.named_parameters())[name].detach().clone().double()
+    for t in range(4):
+        trainer.train_step()
+        d = min(0.999, (1 + t) / (10 + t)) if warmup else 0.999
+        assert trainer.ema_decay_at(t) == pytest.approx(d)
+        weights = dict(trainer.network.named_parameters())[name].detach().double()
+        expected = d * expected + (1 - d) * weights
+        ema = dict(trainer.ema.named_parameters())[name].detach().double()
+        assert torch.allclose(ema, expected, atol=1e-6), t
+    assert trainer.ema_decay_at(10**6) == pytest.approx(0.999)
 
 
 def test_calibrated_ema_batchnorm_statistics(tmp_path):
