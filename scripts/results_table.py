@@ -1,0 +1,91 @@
+"""Print the README's results tables (markdown) from the measured descriptions in docs/results/:
+the seed table beside ours, the real-vs-real floors and the steps table of the best model.
+
+    python scripts/results_table.py            # from the repository root
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+ROWS = ["ddpm_01", "ddpm_01_narrow", "ddim_01", "ddim_03", "ddim_08", "ddim_09", "ours"]
+SEED_LABEL = {"ddpm_01": "DDPM 1", "ddpm_01_narrow": "DDPM 1, narrow (not a seed row)", "ddim_01": "DDIM 1",
+              "ddim_03": "DDIM 3", "ddim_08": "DDIM 8", "ddim_09": "DDIM 9", "ours": "ours"}
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def evaluation(desc: dict, sampler: str, steps: int, eta: float) -> dict | None:
+    for e in desc.get("metrics", {}).get("evaluations", []):
+        if (e["sampler"], e["steps"], float(e["eta"])) == (sampler, steps, eta):
+            return e
+    return None
+
+
+def configuration(desc: dict) -> str:
+    exp = desc["experiment"]
+    n, t, d = exp["network"], exp["train"], exp["data"]
+    aug = {"flip_x2": " (x2 aug.)", "flip": " (flips)"}.get(d["augment"], "")
+    size = desc["training"]["dataset"]["size"]
+    return (f"{n['image_size']}px, {n['widths']} d{n['block_depth']}, lr {t['learning_rate']:g}, "
+            f"{t['epochs']} ep x {size}{aug}")
+
+
+def seed_table(floors: dict) -> str:
+    head = ("| experiment | configuration | images seen | GPU time | our FID (DDIM 50) | floor at that size | "
+            "FID / floor | near-copies | seed's FID (as reported) | weights |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name in ROWS:
+        d = load(name)
+        tr = d["training"]
+        e = evaluation(d, "ddim", 50, 0.0)
+        size = str(d["experiment"]["network"]["image_size"])
+        floor = floors[size]["fid"]
+        done = "" if tr["finished"] else f" ({tr['epochs_completed']:.0f} of {tr['epochs_planned']} ep)"
+        fid = f"{e['fid']:.1f}"
+        ddpm = evaluation(d, "ddpm", 1000, 0.0)
+        if ddpm is not None and name != "ours":
+            fid += f" (DDPM 1000: {ddpm['fid']:.1f})"
+        seed = d["experiment"].get("reported_fid")
+        weights = "shipped" if "shipped" in d else f"not shipped ({d['parameters'] * 2 / 2**20:.1f} MiB)"
+        lines.append(f"| {SEED_LABEL[name]} | {configuration(d)} | {tr['images_seen']:,}{done} | "
+                     f"{tr['wall_time_s'] / 60:.1f} min, {tr['device'].replace('NVIDIA ', '').replace(' 80GB HBM3', '')} | "
+                     f"{fid} | {floor:.1f} | {e['fid'] / floor:.2f} | {100 * e['near_copy_share']:.1f}% | "
+                     f"{'-' if seed is None else seed} | {weights} |")
+    return "\n".join(lines)
+
+
+def steps_table(name: str) -> str:
+    d = load(name)
+    cols = [10, 20, 50, 100]
+    lines = ["| sampler | " + " | ".join(f"{s} steps" for s in cols) + " | 1000 steps |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for label, sampler, eta in [("DDIM, eta 0", "ddim", 0.0), ("DDIM, eta 1 (DDPM-like)", "ddim", 1.0)]:
+        cells = [evaluation(d, sampler, s, eta) for s in cols]
+        lines.append(f"| {label} | " + " | ".join("-" if c is None else f"{c['fid']:.1f}" for c in cells) + " | - |")
+    anc = evaluation(d, "ddpm", 1000, 0.0)
+    lines.append("| DDPM ancestral | - | - | - | - | " + ("-" if anc is None else f"{anc['fid']:.1f}") + " |")
+    return "\n".join(lines)
+
+
+def floor_table(floors: dict) -> str:
+    sizes = sorted(floors, key=int)
+    return ("| resolution | " + " | ".join(f"{s}px" for s in sizes) + " |\n|---|" + "---|" * len(sizes) + "\n"
+            "| FID, half vs half (1,455 vs 1,456) | " + " | ".join(f"{floors[s]['fid']:.2f}" for s in sizes) + " |")
+
+
+def main() -> None:
+    floors = json.loads((RESULTS / "floors.json").read_text())["floors"]
+    best = sys.argv[1] if len(sys.argv) > 1 else "ours"
+    print(seed_table(floors), "", floor_table(floors), "", f"Steps table ({best}, FID at N = 2,911):", "",
+          steps_table(best), sep="\n")
+
+
+if __name__ == "__main__":
+    main()
