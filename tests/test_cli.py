@@ -75,3 +75,28 @@ def test_user_errors_are_messages(tmp_path, capsys):
     assert str(empty) in capsys.readouterr().err
     assert main(["sample", str(ck), "--seeds", "5-2", "--device", "cpu"]) == 2
     assert "seed range '5-2'" in capsys.readouterr().err
+
+
+def test_train_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    """--compile-mode implies --compile and hands its mode to torch.compile (recorded here instead
+    of compiled: Inductor's C++ builds take minutes on a CPU)."""
+    import torch
+
+    seen = []
+
+    def fake_compile(fn, mode=None, **kwargs):
+        seen.append(mode)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i, img in enumerate(random_images(8, 16)):
+        Image.fromarray(img).save(data / f"{i}.png")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('[network]\nwidths = [8, 16]\nblock_depth = 1\nimage_size = 16\n'
+                   '[train]\nepochs = 1\nbatch_size = 4\nsample_every = 0\ncheckpoint_every = 0\n')
+    assert main(["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--quiet", "--max-steps", "1", "--compile-mode", "reduce-overhead",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert seen == ["reduce-overhead"]
