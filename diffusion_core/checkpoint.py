@@ -160,8 +160,8 @@ def read_description(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{jpath} is too large to be a checkpoint description")
     try:
         desc = json.loads(jpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{jpath} is not valid JSON: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
+        raise CheckpointError(f"{jpath} is not valid JSON: {str(e)[:200]}") from e
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         raise CheckpointError(f"{jpath} is not a diffusion-explorer checkpoint (format {FORMAT!r} expected)")
     files = desc.get("weights_files")

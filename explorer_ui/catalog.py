@@ -3,13 +3,19 @@
 Plain Python (no streamlit): every function here returns data or raises ``ValueError``. A folder
 is scanned without loading any weights; each checkpoint becomes an ``Entry`` that is either usable
 or carries the reason it is not (the message of a ``CheckpointError``).
+
+``docs/results/`` holds the description of every experiment trained on the GPU, also of those
+whose weights do not ship (``"not_shipped": REASON``): they become rows of the experiments table
+too, with their facts and FID, so no trained experiment is missing from it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +23,19 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from diffusion_core.checkpoint import CheckpointError, experiment_from_description, read_description
+from diffusion_core.checkpoint import (FORMAT, MAX_DESCRIPTION_BYTES, CheckpointError, experiment_from_description,
+                                       read_description)
 from diffusion_core.unet import UNet
 
 FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOT_CHECKPOINTS = {"state.json"}  # a training run's resume state sits beside its model.json
 MAX_LOG_BYTES = 64 << 20
+RESULTS_FOLDER = REPO_ROOT / "docs" / "results"  # descriptions of every experiment trained on the GPU
+NOT_RESULTS = {"floors.json"}  # real-vs-real FID floors per resolution, not an experiment
+SHIPPED = "available"  # the "weights" column of a checkpoint whose weights are at hand
+
+log = logging.getLogger("explorer_ui")
 
 HOW_TO_MAKE_ONE = (
     "python -m diffusion_core train experiments/ddim_01.toml --data PATH --out runs/ddim_01\n"
@@ -236,16 +248,17 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def table_row(entry: Entry) -> dict[str, Any]:
-    """The experiments table's row of a usable checkpoint (missing facts are None)."""
-    d = entry.description or {}
-    exp = d.get("experiment", {})
+def description_row(label: str, description: dict[str, Any]) -> dict[str, Any]:
+    """The experiments table's columns of one experiment's description, without "weights"
+    (missing or malformed facts are None: the description may come from any JSON file)."""
+    d = description
+    exp = d.get("experiment") if isinstance(d.get("experiment"), dict) else {}
     widths = _get(exp, "network", "widths")
     wall = _number(_get(d, "training", "wall_time_s"))
     epochs = _number(_get(d, "training", "epochs_completed"))
     measured = _fid_result(d)
     return {
-        "name": entry.label,
+        "name": label,
         "family": str(exp.get("family", "")).upper() or None,
         "epochs": epochs if epochs is not None else _number(_get(exp, "train", "epochs")),
         "samples": _number(_get(exp, "data", "samples")),
@@ -264,6 +277,11 @@ def table_row(entry: Entry) -> dict[str, Any]:
     }
 
 
+def table_row(entry: Entry) -> dict[str, Any]:
+    """The experiments table's row of a usable checkpoint: its weights are at hand."""
+    return description_row(entry.label, entry.description or {}) | {"weights": SHIPPED}
+
+
 def _fid_result(description: dict[str, Any]) -> dict[str, Any]:
     """The protocol FID of ``metrics`` if there is one, else the latest recorded evaluation
     (e.g. a smaller N on a CPU), so the table shows what is known with its sample count."""
@@ -272,5 +290,52 @@ def _fid_result(description: dict[str, Any]) -> dict[str, Any]:
         return {}
     if metrics.get("fid") is not None:
         return metrics
-    runs = [r for r in metrics.get("evaluations", []) if isinstance(r, dict) and r.get("fid") is not None]
+    evaluations = metrics.get("evaluations")
+    if not isinstance(evaluations, list):
+        return {}
+    runs = [r for r in evaluations if isinstance(r, dict) and r.get("fid") is not None]
     return runs[-1] if runs else {}
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """One experiment's description from the results folder; ``ValueError`` unless the file is
+    a JSON object of a description's size and format (weights are neither needed nor read)."""
+    if path.stat().st_size > MAX_DESCRIPTION_BYTES:
+        raise ValueError(f"{path} is too large to be an experiment description")
+    try:
+        desc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON; RecursionError: absurd nesting
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a diffusion-explorer description (format {FORMAT!r} expected)")
+    return desc
+
+
+def unshipped_results(shown: Iterable[Entry] = (), folder: Path | None = None) -> list[dict[str, Any]]:
+    """Table rows of the experiments in ``folder`` (default ``docs/results/``) whose weights do not
+    ship, labelled by file stem, with the reason in the "weights" column. An experiment whose
+    stem names one of the ``shown`` checkpoints is left out (its weights are at hand: no row
+    twice). Files that are not readable descriptions are skipped, the reason logged: a page
+    showing these rows never fails on them."""
+    folder = RESULTS_FOLDER if folder is None else Path(folder)
+    taken = {key for e in shown for key in (e.name, e.label, e.path.stem)}
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name in NOT_RESULTS or path.stem in taken:
+            continue
+        try:
+            desc = read_result(path)
+        except (OSError, ValueError) as e:
+            log.warning("results row skipped: %s", e)
+            continue
+        reason = desc.get("not_shipped")
+        if isinstance(reason, str) and reason.strip():
+            rows.append(description_row(path.stem, desc) | {"weights": reason.strip()})
+    return rows
+
+
+def result_sample(label: str, folder: Path | None = None) -> Path | None:
+    """The sample grid shipped for a results row (``docs/samples/LABEL.png``), if there is one."""
+    folder = RESULTS_FOLDER if folder is None else Path(folder)
+    png = folder.parent / "samples" / f"{label}.png"
+    return png if png.is_file() else None

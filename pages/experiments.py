@@ -1,9 +1,17 @@
-"""Experiments (home): every checkpoint found, its facts and metrics, sample thumbnails, charts."""
+"""Experiments (home): every checkpoint found, its facts and metrics, sample thumbnails, charts;
+then the experiments trained on the GPU whose weights do not ship (``docs/results/``)."""
 
 import pandas as pd
 import streamlit as st
 
 from explorer_ui import cache, catalog, charts, widgets
+
+
+def in_columns(items: list, per_row: int = 4):
+    """Each item with the column it is shown in, ``per_row`` columns a row."""
+    for start in range(0, len(items), per_row):
+        yield from zip(st.columns(per_row), items[start:start + per_row])
+
 
 st.title("Experiments")
 entries, _ = widgets.checkpoints()
@@ -21,7 +29,8 @@ if not usable:
     widgets.no_checkpoints()
     st.stop()
 
-rows = [catalog.table_row(e) for e in usable]
+unshipped = catalog.unshipped_results(usable)  # trained experiments without weights here, after the checkpoints
+rows = [catalog.table_row(e) for e in usable] + unshipped
 st.dataframe(
     pd.DataFrame(rows), hide_index=True, key="experiments_table",
     column_config={
@@ -34,28 +43,41 @@ st.dataframe(
                                                               "generated images (FID depends on N)"),
         "KID": st.column_config.NumberColumn(format="%.4f"),
         "seed FID (reported)": st.column_config.NumberColumn(format="%.2f", help=charts.SEED_FID_NOTE),
+        "weights": st.column_config.TextColumn(help="'available': the checkpoint's weights are here and every page "
+                                                    "can sample from it; otherwise why they are not in the repo "
+                                                    "(a trained experiment: its facts, FID and samples only)"),
     },
 )
-st.caption("Click a column header to sort. " + charts.SEED_FID_NOTE)
+st.caption("Click a column header to sort. Rows whose weights are not 'available' are experiments trained on the GPU "
+           "whose weights are not in the repo. " + charts.SEED_FID_NOTE)
 
 st.subheader("Samples")
 previews = st.session_state.setdefault("previews", set())
-per_row = 4
-for start in range(0, len(usable), per_row):
-    for col, entry in zip(st.columns(per_row), usable[start:start + per_row]):
+for col, entry in in_columns(usable):
+    with col:
+        st.markdown(f"**{entry.label}**")
+        if entry.sample_path is not None:
+            st.image(str(entry.sample_path), caption=entry.sample_path.name, width="stretch", output_format="PNG")
+            continue
+        if st.button("Preview (4 images, DDIM 10)", key=f"preview_{entry.label}"):
+            previews.add(entry.label)
+        if entry.label in previews:
+            with widgets.guard(f"Preview of {entry.label}"):
+                ref = cache.model_ref(entry, widgets.current_device())
+                widgets.show(cache.preview_grid(ref), "seeds 0-3, DDIM 10 steps")
+        else:
+            st.caption("No sample grid shipped.")
+
+if unshipped:
+    st.subheader("Trained, weights not shipped")
+    for col, row in in_columns(unshipped):
         with col:
-            st.markdown(f"**{entry.label}**")
-            if entry.sample_path is not None:
-                st.image(str(entry.sample_path), caption=entry.sample_path.name, width="stretch", output_format="PNG")
-                continue
-            if st.button("Preview (4 images, DDIM 10)", key=f"preview_{entry.label}"):
-                previews.add(entry.label)
-            if entry.label in previews:
-                with widgets.guard(f"Preview of {entry.label}"):
-                    ref = cache.model_ref(entry, widgets.current_device())
-                    widgets.show(cache.preview_grid(ref), "seeds 0-3, DDIM 10 steps")
+            st.markdown(f"**{row['name']}**")
+            sample = catalog.result_sample(row["name"])
+            if sample is not None:
+                st.image(str(sample), caption=row["weights"], width="stretch", output_format="PNG")
             else:
-                st.caption("No sample grid shipped.")
+                st.caption(f"No sample grid shipped. {row['weights']}")
 
 st.subheader("Charts")
 fid = charts.fid_chart(rows)

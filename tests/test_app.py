@@ -47,6 +47,15 @@ def one_thread(monkeypatch):
     torch.set_num_threads(saved)
 
 
+@pytest.fixture(autouse=True)
+def no_results(monkeypatch, tmp_path):
+    """The Experiments table lists only the test's checkpoints, not the repo's ``docs/results/``
+    (``test_catalog_results.py`` covers those rows)."""
+    from explorer_ui import catalog
+
+    monkeypatch.setattr(catalog, "RESULTS_FOLDER", tmp_path / "no-results")
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """Two tiny checkpoints (different weights), one with a loss log and a measured FID."""

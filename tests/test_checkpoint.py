@@ -78,6 +78,9 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(CheckpointError, match="not a diffusion-explorer checkpoint"):
         load_checkpoint(tmp_path / "c.json")
+    (tmp_path / "d.json").write_text("[" * 100_000 + "]" * 100_000)  # small file, nesting beyond the parser
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(tmp_path / "d.json")
     # missing weight file
     p = make_tiny_checkpoint(tmp_path, "d")
     (tmp_path / "d.safetensors").unlink()
