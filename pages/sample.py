@@ -18,7 +18,7 @@ def nearest_training_images(ref: cache.ModelRef, model: LoadedModel, images: np.
     if weights is None:
         st.info(neighbours.INSTALL_WEIGHTS)
         return
-    source = neighbours.recorded_source(model.description)
+    source = neighbours.local_source(model.description)
     if not neighbours.on_disk(source) and not widgets.folder_input_allowed():
         st.info("The training images of this checkpoint are not on this server.")
         return

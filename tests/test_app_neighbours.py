@@ -89,6 +89,24 @@ def test_missing_or_bad_data_path_is_a_clear_error(tmp_path):
         neighbours.training_data(exp, gone, str(tmp_path / "notes.txt"))
 
 
+def test_local_source_finds_a_moved_data_set_by_name(tmp_path):
+    """A checkpoint records the training machine's path; the same file in one of the project's
+    data folders is found by name, the recorded path is kept when it exists or nothing matches."""
+    roots = [tmp_path / "shared", tmp_path / "data"]
+    roots[1].mkdir()
+    (roots[1] / "bedrooms-128.tar").write_bytes(b"")
+    elsewhere = {"training": {"dataset": {"source": "/work/gpu/.device-data/bedrooms-128.tar"}}}
+    assert neighbours.local_source(elsewhere, roots) == str(roots[1] / "bedrooms-128.tar")
+    windows = {"training": {"dataset": {"source": "D:\\data\\bedrooms-128.tar"}}}
+    assert neighbours.local_source(windows, roots) == str(roots[1] / "bedrooms-128.tar")
+    unknown = {"training": {"dataset": {"source": "/nowhere/other.tar"}}}
+    assert neighbours.local_source(unknown, roots) == "/nowhere/other.tar"
+    here = tmp_path / "here.tar"
+    here.write_bytes(b"")
+    assert neighbours.local_source({"training": {"dataset": {"source": str(here)}}}, roots) == str(here)
+    assert neighbours.local_source({}, roots) is None
+
+
 def test_feature_time_estimate():
     assert neighbours.feature_estimate(2911) == "about 5 min"
     assert neighbours.feature_estimate(40) == "about 4 s"
