@@ -29,14 +29,20 @@ def test_module_entry_point():
     assert r.returncode == 0 and "train" in r.stdout and "interpolate" in r.stdout
 
 
-def test_train_then_use_the_model(tmp_path, capsys):
+def tiny_training_inputs(tmp_path, images: int, epochs: int, every: int):
+    """An image folder of random PNGs and the TOML of a tiny 16px experiment."""
     data = tmp_path / "imgs"
     data.mkdir()
-    for i, img in enumerate(random_images(10, 32)):
+    for i, img in enumerate(random_images(images, 32)):
         Image.fromarray(img).save(data / f"{i}.png")
     cfg = tmp_path / "tiny.toml"
     cfg.write_text('[network]\nwidths = [8, 16]\nblock_depth = 1\nimage_size = 16\n'
-                   '[train]\nepochs = 2\nbatch_size = 4\nsample_every = 1\ncheckpoint_every = 1\n')
+                   f'[train]\nepochs = {epochs}\nbatch_size = 4\nsample_every = {every}\ncheckpoint_every = {every}\n')
+    return data, cfg
+
+
+def test_train_then_use_the_model(tmp_path, capsys):
+    data, cfg = tiny_training_inputs(tmp_path, images=10, epochs=2, every=1)
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--data", str(data), "--out", str(run), "--device", "cpu", "--quiet",
                  "--max-steps", "3", "--cache-dir", str(tmp_path / "cache")]) == 0
@@ -89,13 +95,7 @@ def test_train_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
         return fn
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    data = tmp_path / "imgs"
-    data.mkdir()
-    for i, img in enumerate(random_images(8, 16)):
-        Image.fromarray(img).save(data / f"{i}.png")
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text('[network]\nwidths = [8, 16]\nblock_depth = 1\nimage_size = 16\n'
-                   '[train]\nepochs = 1\nbatch_size = 4\nsample_every = 0\ncheckpoint_every = 0\n')
+    data, cfg = tiny_training_inputs(tmp_path, images=8, epochs=1, every=0)
     assert main(["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu",
                  "--quiet", "--max-steps", "1", "--compile-mode", "reduce-overhead",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
