@@ -34,6 +34,8 @@ rows = [catalog.table_row(e) for e in usable] + unshipped
 st.dataframe(
     pd.DataFrame(rows), hide_index=True, key="experiments_table",
     column_config={
+        "epochs": st.column_config.NumberColumn(format="%.1f", help="Epochs completed (a run stopped by its time "
+                                                                   "limit shows a fraction)"),
         "learning rate": st.column_config.NumberColumn(format="%.1e"),
         "weight decay": st.column_config.NumberColumn(format="%.1e"),
         "parameters": st.column_config.NumberColumn(format="compact"),
