@@ -274,6 +274,7 @@ def description_row(label: str, description: dict[str, Any]) -> dict[str, Any]:
         "KID": _number(measured.get("kid")),
         "FID samples": _number(measured.get("num_samples")),
         "seed FID (reported)": _number(exp.get("reported_fid")),
+        "about": exp.get("description") if isinstance(exp.get("description"), str) else None,
     }
 
 

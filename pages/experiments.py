@@ -45,6 +45,8 @@ st.dataframe(
                                                               "generated images (FID depends on N)"),
         "KID": st.column_config.NumberColumn(format="%.4f"),
         "seed FID (reported)": st.column_config.NumberColumn(format="%.2f", help=charts.SEED_FID_NOTE),
+        "about": st.column_config.TextColumn(help="The experiment's own description (e.g. a seed row, or a "
+                                                  "variant made to fit the checkpoint budget)"),
         "weights": st.column_config.TextColumn(help="'available': the checkpoint's weights are here and every page "
                                                     "can sample from it; otherwise why they are not in the repo "
                                                     "(a trained experiment: its facts, FID and samples only)"),

@@ -97,6 +97,7 @@ def test_experiments_page_lists_the_repo_results_without_weights(monkeypatch, tm
         shown = table.loc[table["name"] == stem].iloc[0]
         assert same_number(shown["FID"], expected[stem]["metrics"].get("fid")), stem
         assert shown["parameters"] == expected[stem]["parameters"]
+        assert shown["about"] == expected[stem]["experiment"]["description"]
 
     assert "Trained, weights not shipped" in [h.value for h in at.subheader]
     captions = [c for image in at.image for c in image.captions]
