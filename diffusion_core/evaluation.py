@@ -4,7 +4,7 @@ real-vs-real floor, and the share of near-copies of training images (memorisatio
 
 from __future__ import annotations
 
-import os
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import LoadedModel, load_checkpoint, update_description
+from .checkpoint import LoadedModel, atomic_write_bytes, load_checkpoint, update_description
 from .fid import FeatureExtractor, cache_path, fid_from_features, load_feature_extractor, near_copy_report
 from .generate import generate
 from .samplers import SamplerConfig
@@ -31,10 +31,9 @@ def cached_features(images: np.ndarray, name: str, extractor: FeatureExtractor, 
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: recompute
     feats = extractor(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes computing the same features at once
-    np.savez(tmp, features=feats.astype(np.float32), weights=extractor.weights_id)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    np.savez(buf, features=feats.astype(np.float32), weights=extractor.weights_id)
+    atomic_write_bytes(path, buf.getvalue())  # safe when several processes compute the same features
     return feats
 
 

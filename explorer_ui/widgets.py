@@ -239,6 +239,25 @@ def sampler_inputs(prefix: str, default_steps: int, limit: int, names: Sequence[
     return name, steps, float(eta) if name == "ddim" else 0.0
 
 
+class ModelChoice(NamedTuple):
+    entry: catalog.Entry
+    ref: cache.ModelRef
+    model: LoadedModel
+    count0: int  # images of the page's default action
+    steps0: int  # its steps
+    limit: int  # most sampling steps the model's schedule allows
+
+
+def model_inputs(entries: Sequence[catalog.Entry], prefix: str, count: int = 4,
+                 ladder: Sequence[int] = (20, 10, 5), reset: Sequence[str] = ("steps",)) -> ModelChoice:
+    """A page's checkpoint picker (choosing another resets ``{prefix}_{reset}`` widgets to that
+    model's defaults), the loaded model, and the defaults of the page's action for it."""
+    entry = pick_checkpoint(entries, f"{prefix}_checkpoint", reset=tuple(f"{prefix}_{k}" for k in reset))
+    ref, model = load(entry)
+    count0, steps0 = default_plan([model], count, ladder)
+    return ModelChoice(entry, ref, model, count0, steps0, max_sampling_steps(model.experiment.schedule))
+
+
 class GridInputs(NamedTuple):
     entry: catalog.Entry
     ref: cache.ModelRef
@@ -254,10 +273,8 @@ class GridInputs(NamedTuple):
 def grid_inputs(entries: Sequence[catalog.Entry], prefix: str) -> GridInputs:
     """Checkpoint, sampler, steps, eta, first seed and image count: the controls that the Sample
     and Live pages share, with defaults from the model's size."""
-    entry = pick_checkpoint(entries, f"{prefix}_checkpoint", reset=(f"{prefix}_steps", f"{prefix}_count"))
-    ref, model = load(entry)
-    count0, steps0 = default_plan([model])
-    name, steps, eta = sampler_inputs(prefix, steps0, max_sampling_steps(model.experiment.schedule), SAMPLERS)
+    entry, ref, model, count0, steps0, limit = model_inputs(entries, prefix, reset=("steps", "count"))
+    name, steps, eta = sampler_inputs(prefix, steps0, limit, SAMPLERS)
     seed, count = seed_inputs(prefix, count0)
     return GridInputs(entry, ref, model, name, steps, eta, seed, count, count0)
 

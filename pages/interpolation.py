@@ -7,18 +7,14 @@ import streamlit as st
 from diffusion_core.generate import check_sampler, image_from_bytes
 from diffusion_core.images import make_grid
 from diffusion_core.samplers import SamplerConfig
-from diffusion_core.schedules import max_sampling_steps
 from explorer_ui import cache, plans, widgets
 
 st.title("Interpolation")
 entries = widgets.usable_or_stop()
 left, right = st.columns([1, 3])
 with left:
-    entry = widgets.pick_checkpoint(entries, "interp_checkpoint", reset=("interp_steps",))
-    ref, model = widgets.load(entry)
     frames0 = 6
-    _, steps0 = widgets.default_plan([model], count=2 * frames0, ladder=(20, 10, 5))
-    limit = max_sampling_steps(model.experiment.schedule)
+    entry, ref, model, _, steps0, limit = widgets.model_inputs(entries, "interp", count=2 * frames0)
     seeds_text = st.text_input("Seeds", "3, 17", key="interp_seeds",
                                help="Two or more seeds, e.g. 3, 17, 42 (a range like 0-3 works too).")
     frames = int(st.number_input("Frames", min_value=2, max_value=plans.MAX_FRAMES, value=frames0, step=1,

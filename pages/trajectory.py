@@ -5,17 +5,13 @@ import streamlit as st
 from diffusion_core.generate import check_sampler
 from diffusion_core.images import gif_bytes
 from diffusion_core.samplers import SAMPLERS, SamplerConfig
-from diffusion_core.schedules import max_sampling_steps
 from explorer_ui import cache, charts, pictures, plans, widgets
 
 st.title("Trajectory")
 entries = widgets.usable_or_stop()
 left, right = st.columns([1, 3])
 with left:
-    entry = widgets.pick_checkpoint(entries, "traj_checkpoint", reset=("traj_steps",))
-    ref, model = widgets.load(entry)
-    _, steps0 = widgets.default_plan([model], count=1, ladder=(50, 20, 10))
-    limit = max_sampling_steps(model.experiment.schedule)
+    entry, ref, model, _, steps0, limit = widgets.model_inputs(entries, "traj", count=1, ladder=(50, 20, 10))
     name, steps, eta = widgets.sampler_inputs("traj", steps0, limit, SAMPLERS)
     seed, _ = widgets.seed_inputs("traj", count=None)
 

@@ -299,3 +299,27 @@ def test_eigh_frechet_equals_sqrtm_frechet():
     assert fid.fid_from_features(a, b, kid_subset_size=100, method="eigh")["fid"] == pytest.approx(ref["fid"], rel=1e-9)
     with pytest.raises(ValueError, match="sqrtm or eigh"):
         fid.fid_from_features(a, b, method="svd")
+
+
+def test_cached_features_are_computed_once_and_read_back(tmp_path):
+    """The first call extracts and writes the cache (atomically, no temporary file left); the
+    second reads it without calling the extractor; other images get their own cache file."""
+    from diffusion_core.evaluation import cached_features
+
+    calls = []
+
+    class Extractor:
+        weights_id = "fake"
+
+        def __call__(self, images):
+            calls.append(len(images))
+            return images.reshape(len(images), -1)[:, :1].astype(np.float64).repeat(2048, axis=1)
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    first = cached_features(images, "set", Extractor(), tmp_path)
+    again = cached_features(images, "set", Extractor(), tmp_path)
+    np.testing.assert_array_equal(first, again)
+    assert calls == [5] and again.dtype == np.float64
+    assert [p.suffix for p in tmp_path.iterdir()] == [".npz"]
+    cached_features(images[:3], "set", Extractor(), tmp_path)
+    assert calls == [5, 3] and len(list(tmp_path.iterdir())) == 2
