@@ -55,7 +55,8 @@ def our_step(settings: Settings, network: UNetConfig, batch: int, compile: bool)
     """Trainer.train_step on random uint8 images held on the device (16 batches an epoch)."""
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(experiment(network, batch), random_images(16 * batch, network.image_size), out,
-                          RunOptions(device=str(settings.device), compile=compile, progress=False))
+                          RunOptions(device=str(settings.device), compile=compile, progress=False,
+                                     compile_mode=settings.compile_mode))
         timing = measure(trainer.train_step, batch, settings)
     precision = "bf16 autocast, channels_last" if settings.cuda else "fp32"
     return Row(params=count_parameters(trainer.network), gflop_per_image=unet_gflop(network, settings.device),
@@ -82,7 +83,8 @@ def loss_curves(settings: Settings) -> Row:
         with full_fp32(settings.device):
             plain, plain_s = _curve(lambda: plain_trainer(exp, images, out, settings.device), steps)
         release_memory()
-        options = RunOptions(device=str(settings.device), compile=True, progress=False)
+        options = RunOptions(device=str(settings.device), compile=True, progress=False,
+                             compile_mode=settings.compile_mode)
         fast, fast_s = _curve(lambda: Trainer(exp, images, out, options), steps)
     window = max(1, min(50, steps // 4))
     kernel = np.ones(window) / window

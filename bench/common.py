@@ -283,7 +283,8 @@ def main(suites: Sequence[Callable[[Settings], list[Case]]], argv: Sequence[str]
     """Run the cases of every suite in this process and print one table."""
     settings = parse_settings(argv, description)
     if settings.compile_backend != "inductor" or settings.compile_mode:
-        # training.Trainer calls torch.compile itself, so backend and mode are chosen at that entry point
+        # for every torch.compile call (peers, sampling); training.Trainer passes its mode explicitly
+        # (RunOptions.compile_mode, which overrides this partial's), so bench_train hands it over too
         torch.compile = functools.partial(torch.compile, backend=settings.compile_backend, mode=settings.compile_mode)
     if settings.cuda:  # the project's CUDA defaults (training.Trainer sets the same)
         torch.backends.cudnn.benchmark = True

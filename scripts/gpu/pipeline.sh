@@ -8,6 +8,8 @@
 #   SHIP="ours ddim_08" TABLE="ours" bash scripts/gpu/pipeline.sh DATA TIME_LIMIT FID_WEIGHTS \
 #       0=ours 1=ddim_08 3=ddim_01,ddim_03
 #
+# A group with no runs ("3=") only runs its AFTER_G command (e.g. a benchmark on a spare GPU);
+# runs/reference.pid holds the feature-caching process, so that command can wait for it first.
 # Environment: SHIP (runs whose fp16 weights come back), TABLE (runs that get the steps table),
 # REF_SIZES (resolutions whose real features are cached first, e.g. "64 80 128"), REF_GPU,
 # DEVICE (default cuda; cpu for a rehearsal), TRAIN_EXTRA / COLLECT_EXTRA (more flags),
@@ -24,6 +26,7 @@ if [ -n "${REF_SIZES:-}" ]; then
   CUDA_VISIBLE_DEVICES=${REF_GPU:-0} setsid nohup python3 scripts/gpu/collect.py --data "$data" --fid-weights "$weights" \
     --out res/reference --tag reference --reference-sizes $REF_SIZES --device "$device" \
     > runs/reference.out 2>&1 < /dev/null &
+  echo $! > runs/reference.pid
   echo "caching real features at ${REF_SIZES}px on GPU ${REF_GPU:-0} (pid $!)"
 fi
 for spec in "$@"; do
@@ -36,8 +39,10 @@ for spec in "$@"; do
     script+=$'\n'"python3 -m diffusion_core train experiments/$name.toml --data '$data' --out runs/$name --device $device \
 $compile --quiet --time-limit $run_limit --cache-dir .cache/data ${TRAIN_EXTRA:-} > runs/$name.out 2>&1 &"
   done
-  script+=$'\n'"wait"$'\n'"python3 scripts/gpu/collect.py --data '$data' --fid-weights '$weights' --out res/g$gpu --tag g$gpu \
---only$runs --ship ${SHIP:-} --table ${TABLE:-} --device $device ${COLLECT_EXTRA:-}"$'\n'"${AFTER[$gpu]:-}"$'\n'"touch runs/group_$gpu.done"
+  collect="python3 scripts/gpu/collect.py --data '$data' --fid-weights '$weights' --out res/g$gpu --tag g$gpu \
+--only$runs --ship ${SHIP:-} --table ${TABLE:-} --device $device ${COLLECT_EXTRA:-}"
+  [ -n "$runs" ] && script+=$'\n'"wait"$'\n'"$collect"
+  script+=$'\n'"${AFTER[$gpu]:-}"$'\n'"touch runs/group_$gpu.done"
   setsid nohup bash -c "$script" > "runs/group_$gpu.out" 2>&1 < /dev/null &
   echo "GPU $gpu:$runs (pid $!)"
 done
