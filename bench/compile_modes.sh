@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-.}; mkdir -p "$out"
 for mode in default reduce-overhead; do
-  flag=(); [ "$mode" != default ] && flag=(--compile-mode "$mode")
+  flag=(--compile-mode "$mode")  # explicit: without it the Trainer picks reduce-overhead on CUDA
   OUT=$(mktemp -d) sh -c 'python3 -m bench.bench_train "$@" && cp "$OUT/bench.json" "'"$out/bench_$mode.json"'"' _ \
     --only "64px [32,64,96,128] d2, batch 256, compiled" "64px [32,64,96,128] d2, batch 64, compiled" "${flag[@]}" "$@"
 done

@@ -14,7 +14,7 @@ from .cli import seed_list
 from .config import load_experiment
 from .images import gif_bytes, make_grid, save_png
 from .samplers import SamplerConfig
-from .training import RunOptions, Trainer, resolve_device
+from .training import RunOptions, Trainer, compile_settings, resolve_device
 
 
 def _sampler(args) -> SamplerConfig:
@@ -35,8 +35,8 @@ def train(args: argparse.Namespace) -> int:
     images = load_image_set(args.data, exp.network.image_size, exp.data.samples, seed=exp.train.seed,
                             cache_dir=args.cache_dir, progress=not args.quiet and rank == 0)
     dataset = {"name": images.name, "source": images.source, "available": images.num_available}
-    options = RunOptions(device=device, compile=args.compile or args.compile_mode is not None,
-                         compile_mode=args.compile_mode, max_steps=args.max_steps,
+    compile, compile_mode = compile_settings(device, world, args.compile, args.compile_mode)
+    options = RunOptions(device=device, compile=compile, compile_mode=compile_mode, max_steps=args.max_steps,
                          time_limit=args.time_limit, progress=not args.quiet, rank=rank, world_size=world)
     try:
         trainer = Trainer(exp, images.images, args.out, options, dataset)

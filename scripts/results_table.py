@@ -12,9 +12,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
-ROWS = ["ddpm_01", "ddpm_01_narrow", "ddim_01", "ddim_03", "ddim_08", "ddim_09", "ours"]
+ROWS = ["ddpm_01", "ddpm_01_narrow", "ddim_01", "ddim_03", "ddim_08", "ddim_09", "ours", "ours2_eps", "ours2_v",
+        "ours2_attn"]
 SEED_LABEL = {"ddpm_01": "DDPM 1", "ddpm_01_narrow": "DDPM 1, narrow (not a seed row)", "ddim_01": "DDIM 1",
-              "ddim_03": "DDIM 3", "ddim_08": "DDIM 8", "ddim_09": "DDIM 9", "ours": "ours"}
+              "ddim_03": "DDIM 3", "ddim_08": "DDIM 8", "ddim_09": "DDIM 9", "ours": "ours, round 1",
+              "ours2_eps": "**ours** (round 2, A: L1 on noise)", "ours2_v": "ours, round 2, B: v-prediction",
+              "ours2_attn": "ours, round 2, C: attention, v-prediction"}
+BEST = "ours2_eps"
 
 
 def load(name: str) -> dict:
@@ -50,7 +54,7 @@ def seed_table(floors: dict) -> str:
         done = "" if tr["finished"] else f" ({tr['epochs_completed']:.0f} of {tr['epochs_planned']} ep)"
         fid = f"{e['fid']:.1f}"
         ddpm = evaluation(d, "ddpm", 1000, 0.0)
-        if ddpm is not None and name != "ours":
+        if ddpm is not None and d["experiment"]["family"] == "ddpm":
             fid += f" (DDPM 1000: {ddpm['fid']:.1f})"
         seed = d["experiment"].get("reported_fid")
         weights = "shipped" if "shipped" in d else f"not shipped ({d['parameters'] * 2 / 2**20:.1f} MiB)"
@@ -82,7 +86,7 @@ def floor_table(floors: dict) -> str:
 
 def main() -> None:
     floors = json.loads((RESULTS / "floors.json").read_text())["floors"]
-    best = sys.argv[1] if len(sys.argv) > 1 else "ours"
+    best = sys.argv[1] if len(sys.argv) > 1 else BEST
     print(seed_table(floors), "", floor_table(floors), "", f"Steps table ({best}, FID at N = 2,911):", "",
           steps_table(best), sep="\n")
 

@@ -100,3 +100,36 @@ def test_train_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
                  "--quiet", "--max-steps", "1", "--compile-mode", "reduce-overhead",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     assert seen == ["reduce-overhead"]
+
+
+def test_compile_defaults():
+    """Compiled with CUDA graphs by default on one CUDA process, plain compile under DDP, nothing
+    on the CPU unless asked; naming a mode implies compiling; --no-compile wins."""
+    from diffusion_core.training import compile_settings
+
+    assert compile_settings("cuda") == (True, "reduce-overhead")
+    assert compile_settings("cuda:1") == (True, "reduce-overhead")
+    assert compile_settings("cuda", world_size=4) == (True, "default")
+    assert compile_settings("cpu") == (False, None)
+    assert compile_settings("mps") == (False, None)
+    assert compile_settings("cpu", compile=True) == (True, "default")
+    assert compile_settings("cpu", mode="max-autotune") == (True, "max-autotune")
+    assert compile_settings("cuda", compile=False) == (False, None)
+    assert compile_settings("cuda", mode="default") == (True, "default")
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        compile_settings("cuda", mode="fastest")
+
+
+def test_train_no_compile_on_cpu_by_default(tmp_path, monkeypatch):
+    """Without --compile, a CPU run never calls torch.compile; --compile calls it in default mode."""
+    import torch
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: seen.append(mode) or fn)
+    data, cfg = tiny_training_inputs(tmp_path, images=8, epochs=1, every=0)
+    common = ["--data", str(data), "--device", "cpu", "--quiet", "--max-steps", "1",
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main(["train", str(cfg), "--out", str(tmp_path / "a"), *common]) == 0
+    assert seen == []
+    assert main(["train", str(cfg), "--out", str(tmp_path / "b"), "--compile", *common]) == 0
+    assert seen == ["default"]

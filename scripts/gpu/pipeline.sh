@@ -20,6 +20,11 @@ data=$1; limit=$2; weights=$3; shift 3
 device=${DEVICE:-cuda}
 compile=""; [ "$device" = cuda ] && compile="--compile"
 mkdir -p runs res
+# CPU threads per group: numpy/torch default to every core in every process; three collect.py
+# processes at once on a 64-core host (192 threads each, load 155) took 1.5-2 minutes per evaluation
+# instead of seconds, most likely from oversubscribed thread pools (scripts/gpu/README.md)
+threads=$(( $(nproc) / ($# + 1) )); [ "$threads" -lt 1 ] && threads=1
+export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 declare -A AFTER
 for var in ${!AFTER_*}; do AFTER[${var#AFTER_}]=${!var}; done
 if [ -n "${REF_SIZES:-}" ]; then
