@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, ExperimentConfig
-from .model import Denoiser, PixelNormalization
+from .model import AUTO, Denoiser, PixelNormalization
 from .unet import UNet, count_parameters
 
 FORMAT = "diffusion-explorer/1"
@@ -57,7 +57,7 @@ class LoadedModel:
         s = self.experiment.network.image_size
         return (self.experiment.network.channels, s, s)
 
-    def denoiser(self, autocast: torch.dtype | None = None) -> Denoiser:
+    def denoiser(self, autocast: torch.dtype | str | None = AUTO) -> Denoiser:
         return Denoiser(self.network, self.experiment.train.prediction, self.normalization, autocast)
 
 

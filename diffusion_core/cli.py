@@ -33,6 +33,8 @@ def _add_sampler_flags(p: argparse.ArgumentParser, default_steps: int = 50) -> N
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like")
     p.add_argument("--clip", action="store_true", help="clip predicted x0 to the valid pixel range at each step")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    p.add_argument("--fp32", action="store_true",
+                   help="float32 on CUDA too (default there: bf16 autocast, faster; images within a few /255)")
 
 
 def build_parser() -> argparse.ArgumentParser:

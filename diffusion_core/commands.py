@@ -13,8 +13,14 @@ from .checkpoint import export_checkpoint, load_checkpoint
 from .cli import seed_list
 from .config import load_experiment
 from .images import gif_bytes, make_grid, save_png
+from .model import AUTO
 from .samplers import SamplerConfig
 from .training import RunOptions, Trainer, compile_settings, resolve_device
+
+
+def _autocast(args) -> str | None:
+    """--fp32: float32 everywhere; otherwise the Denoiser's default (bf16 autocast on CUDA)."""
+    return None if args.fp32 else AUTO
 
 
 def _sampler(args) -> SamplerConfig:
@@ -77,7 +83,7 @@ def sample(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
     seeds = seed_list(args.seeds)
     start = time.perf_counter()
-    images = generate(model, seeds, _sampler(args))
+    images = generate(model, seeds, _sampler(args), autocast=_autocast(args))
     path = save_png(make_grid(images, args.cols), args.out)
     print(f"{len(images)} images in {time.perf_counter() - start:.1f} s -> {path}")
     return 0
@@ -87,7 +93,8 @@ def interpolate(args: argparse.Namespace) -> int:
     from .generate import interpolation_frames
 
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
-    frames = interpolation_frames(model, args.seeds, args.frames, args.method, _sampler(args))
+    frames = interpolation_frames(model, args.seeds, args.frames, args.method, _sampler(args),
+                                  autocast=_autocast(args))
     out = Path(args.out)
     if out.suffix.lower() == ".gif":
         out.write_bytes(gif_bytes(frames, duration_ms=100, scale=2))

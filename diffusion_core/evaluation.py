@@ -15,6 +15,7 @@ import torch
 from .checkpoint import LoadedModel, atomic_write_bytes, load_checkpoint, update_description
 from .fid import FeatureExtractor, cache_path, fid_from_features, load_feature_extractor, near_copy_report
 from .generate import generate
+from .model import AUTO, sampling_autocast
 from .samplers import SamplerConfig
 
 
@@ -48,7 +49,7 @@ def real_vs_real_floor(real_feats: np.ndarray, seed: int = 0, frechet: str = "sq
 
 def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, sampler: SamplerConfig,
                    num_samples: int, extractor: FeatureExtractor, cache_dir: str | Path,
-                   memorization: bool = True, autocast: torch.dtype | None = None,
+                   memorization: bool = True, autocast: torch.dtype | str | None = AUTO,
                    frechet: str = "sqrtm") -> dict[str, Any]:
     """FID/KID of ``num_samples`` samples against the real images (uint8 [N x R x R x 3] at the
     model's resolution R); optionally the near-copy share. ``frechet``: see fid_from_features.
@@ -70,7 +71,8 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     result = {"fid": round(r["fid"], 3), "kid": round(r["kid"], 5), "kid_std": round(r["kid_std"], 5),
               "num_samples": num_samples, "num_reference": len(real_images),
               "reference": f"{real_name} at {size}px", "sampler": sampler.name, "steps": sampler.num_steps,
-              "eta": sampler.eta, "weights": extractor.weights_id, "sampling_time_s": round(sample_time, 1)}
+              "eta": sampler.eta, "weights": extractor.weights_id, "sampling_time_s": round(sample_time, 1),
+              "precision": str(sampling_autocast(autocast, model.device) or torch.float32).removeprefix("torch.")}
     if memorization:
         report = near_copy_report(fake_feats, real_feats, percentile=1.0)
         result["near_copy_share"] = round(report["share"], 4)
@@ -109,9 +111,8 @@ def evaluate_checkpoint(args) -> dict[str, Any]:
     real = load_image_set(args.data, size, cache_dir=Path(args.cache_dir) / "data")
     extractor = load_feature_extractor(args.fid_weights, device, batch_size=min(args.batch_size, 200))
     sampler = SamplerConfig(args.sampler, args.steps, args.eta, args.clip)
-    autocast = torch.bfloat16 if device.startswith("cuda") else None
     result = evaluate_model(model, real.images, real.name, sampler, args.num_samples, extractor, args.cache_dir,
-                            memorization=args.memorization, autocast=autocast)
+                            memorization=args.memorization, autocast=None if args.fp32 else AUTO)
     result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, args.cache_dir))
     if not args.no_write:
         record_result(model.path, result, protocol=(args.num_samples == len(real.images)))

@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import LoadedModel
 from .interpolation import Method, interpolate
+from .model import AUTO
 from .samplers import NoiseSource, SamplerConfig, StepState, ddim_invert, sample, sample_steps, seed_noise
 from .schedules import max_sampling_steps
 
@@ -32,7 +33,7 @@ def check_sampler(model: LoadedModel, config: SamplerConfig) -> None:
 
 
 def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
-                autocast: torch.dtype | None = None, per_image_noise: bool = True) -> Iterator[StepState]:
+                autocast: torch.dtype | str | None = AUTO, per_image_noise: bool = True) -> Iterator[StepState]:
     """The sampler's step generator for these seeds on the model's device (see NoiseSource for
     ``per_image_noise``)."""
     check_sampler(model, config)
@@ -44,7 +45,7 @@ def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
 
 
 def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
-             autocast: torch.dtype | None = None, per_image_noise: bool = True) -> np.ndarray:
+             autocast: torch.dtype | str | None = AUTO, per_image_noise: bool = True) -> np.ndarray:
     """Samples for ``seeds`` as uint8 [N x H x W x 3]; large requests run in chunks."""
     if len(seeds) == 0:
         raise ValueError("give at least one seed")
@@ -87,7 +88,8 @@ def trajectory(model: LoadedModel, seed: int, config: SamplerConfig) -> Trajecto
 
 
 def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, method: Method,
-                         config: SamplerConfig, keys: torch.Tensor | None = None) -> np.ndarray:
+                         config: SamplerConfig, keys: torch.Tensor | None = None,
+                         autocast: torch.dtype | str | None = AUTO) -> np.ndarray:
     """Decode ``frames`` latents on the path through the seeds' noise (or given ``keys``
     [K x C x H x W]) with a deterministic sampler. Returns uint8 [frames x H x W x 3]."""
     if config.name == "ddpm" or config.eta > 0:
@@ -101,7 +103,7 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
     chunk = _chunk_size(model)
     out = []
     for i in range(0, len(path), chunk):
-        steps = sample_steps(model.denoiser(), model.experiment.schedule, path[i:i + chunk], config)
+        steps = sample_steps(model.denoiser(autocast), model.experiment.schedule, path[i:i + chunk], config)
         out.append(model.normalization.to_pixels(sample(steps)))
     return np.concatenate(out)
 
@@ -130,7 +132,7 @@ def invert(model: LoadedModel, images: np.ndarray, num_steps: int,
     if images.shape[1:] != (size, size, 3):
         raise ValueError(f"this model takes {size}x{size} images, got {images.shape[1]}x{images.shape[2]}")
     x0 = model.normalization.to_model(torch.from_numpy(images).permute(0, 3, 1, 2).to(model.device))
-    denoiser = model.denoiser()
+    denoiser = model.denoiser(None)  # float32 everywhere: inversion's fixed-point refinement amplifies bf16 error
     x_T = ddim_invert(denoiser, model.experiment.schedule, x0, num_steps, fixed_point_iterations)
     recon = sample(sample_steps(denoiser, model.experiment.schedule, x_T, config))
     return x_T, model.normalization.to_pixels(recon)

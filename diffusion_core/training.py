@@ -295,8 +295,7 @@ class Trainer:
         """A grid of EMA samples from fixed seeds 0..n-1 (so grids of epochs are comparable)."""
         from .model import Denoiser
 
-        denoiser = Denoiser(self.calibrated_ema(), self.exp.train.prediction, self.normalization,
-                            torch.bfloat16 if self.cuda else None)
+        denoiser = Denoiser(self.calibrated_ema(), self.exp.train.prediction, self.normalization)  # bf16 on CUDA
         shape = (3, self.exp.network.image_size, self.exp.network.image_size)
         x_T = seed_noise(range(self.opt.sample_count), shape, self.device)
         cfg = SamplerConfig("ddim", min(self.exp.train.sample_steps, 1000), 0.0)

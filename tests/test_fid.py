@@ -323,3 +323,29 @@ def test_cached_features_are_computed_once_and_read_back(tmp_path):
     assert [p.suffix for p in tmp_path.iterdir()] == [".npz"]
     cached_features(images[:3], "set", Extractor(), tmp_path)
     assert calls == [5, 3] and len(list(tmp_path.iterdir())) == 2
+
+
+def test_evaluate_model_records_protocol_fields_and_precision(tmp_path):
+    """evaluate_model on a tiny checkpoint: the sampler settings, counts, weights and precision
+    (float32 on the CPU) are recorded; FID of samples against themselves-like features is finite;
+    a wrong resolution is refused with the sizes named."""
+    from diffusion_core.checkpoint import load_checkpoint
+    from diffusion_core.evaluation import evaluate_model
+    from diffusion_core.samplers import SamplerConfig
+    from tests.helpers import make_tiny_checkpoint, random_images
+
+    class Extractor:  # a fixed random projection of the pixels: cheap, deterministic
+        weights_id = "fake-projection"
+        projection = np.random.default_rng(1).standard_normal((16 * 16 * 3, 2048))
+
+        def __call__(self, images):
+            return (images.reshape(len(images), -1) / 255.0) @ self.projection
+
+    model = load_checkpoint(make_tiny_checkpoint(tmp_path), "cpu")
+    real = random_images(12, 16)
+    r = evaluate_model(model, real, "noise", SamplerConfig("ddim", 3, 0.0), 12, Extractor(), tmp_path / "cache")
+    assert (r["sampler"], r["steps"], r["eta"], r["num_samples"], r["num_reference"]) == ("ddim", 3, 0.0, 12, 12)
+    assert r["weights"] == "fake-projection" and r["precision"] == "float32"
+    assert np.isfinite(r["fid"]) and r["fid"] > 0 and 0.0 <= r["near_copy_share"] <= 1.0
+    with pytest.raises(ValueError, match="reference images are 32 px, the model makes 16 px"):
+        evaluate_model(model, random_images(4, 32), "noise", SamplerConfig("ddim", 3, 0.0), 4, Extractor(), tmp_path)

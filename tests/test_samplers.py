@@ -164,3 +164,18 @@ def test_clip_denoised_keeps_x0_in_range():
     x_T = seed_noise([0], (1, 2, 2))
     states = list(sample_steps(Wild(), SCHEDULES[0], x_T, SamplerConfig("ddim", 5, clip_denoised=True)))
     assert all(s.pred_x0.max() <= 1.0 for s in states)
+
+
+def test_sampling_precision_defaults():
+    """bf16 autocast by default on CUDA only; None is float32; anything else is a clear error."""
+    import torch
+
+    from diffusion_core.model import AUTO, sampling_autocast
+
+    assert sampling_autocast(AUTO, torch.device("cuda", 0)) is torch.bfloat16
+    assert sampling_autocast(AUTO, torch.device("cpu")) is None
+    assert sampling_autocast(AUTO, torch.device("mps")) is None
+    assert sampling_autocast(None, torch.device("cuda")) is None
+    assert sampling_autocast(torch.float16, torch.device("cpu")) is torch.float16
+    with pytest.raises(ValueError, match="autocast must be a torch dtype"):
+        sampling_autocast("bf16", torch.device("cuda"))
