@@ -283,6 +283,15 @@ def table_row(entry: Entry) -> dict[str, Any]:
     return description_row(entry.label, entry.description or {}) | {"weights": SHIPPED}
 
 
+def best_index(entries: Iterable[Entry]) -> int:
+    """The entry a picker opens on: the lowest recorded FID (the protocol's when there is one),
+    else the first. FIDs at different resolutions are not strictly comparable; this only chooses
+    a starting point, and a user's choice is kept."""
+    fids = [_number(_fid_result(e.description or {}).get("fid")) for e in entries]
+    known = [(f, i) for i, f in enumerate(fids) if f is not None and math.isfinite(f)]
+    return min(known)[1] if known else 0
+
+
 def _fid_result(description: dict[str, Any]) -> dict[str, Any]:
     """The protocol FID of ``metrics`` if there is one, else the latest recorded evaluation
     (e.g. a smaller N on a CPU), so the table shows what is known with its sample count."""

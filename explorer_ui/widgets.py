@@ -252,7 +252,8 @@ def model_inputs(entries: Sequence[catalog.Entry], prefix: str, count: int = 4,
                  ladder: Sequence[int] = (20, 10, 5), reset: Sequence[str] = ("steps",)) -> ModelChoice:
     """A page's checkpoint picker (choosing another resets ``{prefix}_{reset}`` widgets to that
     model's defaults), the loaded model, and the defaults of the page's action for it."""
-    entry = pick_checkpoint(entries, f"{prefix}_checkpoint", reset=tuple(f"{prefix}_{k}" for k in reset))
+    entry = pick_checkpoint(entries, f"{prefix}_checkpoint", reset=tuple(f"{prefix}_{k}" for k in reset),
+                            index=catalog.best_index(entries))
     ref, model = load(entry)
     count0, steps0 = default_plan([model], count, ladder)
     return ModelChoice(entry, ref, model, count0, steps0, max_sampling_steps(model.experiment.schedule))

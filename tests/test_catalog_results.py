@@ -103,3 +103,17 @@ def test_experiments_page_lists_the_repo_results_without_weights(monkeypatch, tm
     captions = [c for image in at.image for c in image.captions]
     with_grid = [s for s in rest if (RESULTS.parent / "samples" / f"{s}.png").is_file()]
     assert [c for c in captions if c != f"{mine}.png"] == [expected[s]["not_shipped"] for s in with_grid]
+
+
+def test_pickers_open_on_the_lowest_fid(tmp_path):
+    """best_index: the lowest recorded FID wins (protocol metrics or the latest evaluation);
+    entries without a finite FID never do; with none known, the first entry."""
+    make_tiny_checkpoint(tmp_path, "a_plain")
+    make_tiny_checkpoint(tmp_path, "b_good", metrics={"fid": 12.5, "num_samples": 2911})
+    make_tiny_checkpoint(tmp_path, "c_worse", metrics={"evaluations": [{"fid": 40.0, "num_samples": 100}]})
+    make_tiny_checkpoint(tmp_path, "d_nan", metrics={"fid": float("nan")})
+    entries = catalog.scan(tmp_path)
+    assert [e.label for e in entries][:3] == ["a_plain", "b_good", "c_worse"]
+    assert entries[catalog.best_index(entries)].label == "b_good"
+    assert catalog.best_index([e for e in entries if e.label != "b_good"]) == 1  # c_worse
+    assert catalog.best_index([entries[0]]) == 0 and catalog.best_index([]) == 0
