@@ -1,0 +1,45 @@
+"""The GPU-session helpers that run here too: scripts/gpu/finish_table.py joins the sample
+features that scripts/gpu/sample_features.py wrote on several GPUs."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "gpu" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parts_join_in_seed_order_and_overlaps_are_refused(tmp_path):
+    finish = _load("finish_table")
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((10, 2048)).astype(np.float16)
+    # two GPUs' parts, written in an order other than the seeds'
+    np.savez(tmp_path / "p1.npz", seeds=np.arange(6, 10), ddim_50_1=feats[6:], ddim_10_0=feats[6:] + 1)
+    np.savez(tmp_path / "p0.npz", seeds=np.arange(0, 6), ddim_50_1=feats[:6], ddim_10_0=feats[:6] + 1)
+    joined = finish.gather([str(tmp_path / "p1.npz"), str(tmp_path / "p0.npz")])
+    assert sorted(joined) == ["ddim_10_0", "ddim_50_1"]
+    np.testing.assert_array_equal(joined["ddim_50_1"], feats.astype(np.float64))
+    assert joined["ddim_50_1"].dtype == np.float64
+    np.savez(tmp_path / "dup.npz", seeds=np.arange(5, 7), ddim_50_1=feats[5:7], ddim_10_0=feats[5:7])
+    with pytest.raises(ValueError, match="a seed appears twice"):
+        finish.gather([str(tmp_path / "p0.npz"), str(tmp_path / "dup.npz")])
+
+
+def test_sampler_settings_parse_and_name_their_arrays():
+    features = _load("sample_features")
+    config = features.parse_config("ddpm:1000:0")
+    assert (config.name, config.num_steps, config.eta) == ("ddpm", 1000, 0.0)
+    assert features.key(config) == "ddpm_1000_0"
+    assert features.key(features.parse_config("ddim:50:1")) == "ddim_50_1"
+    with pytest.raises(ValueError):
+        features.parse_config("ddim:50")
