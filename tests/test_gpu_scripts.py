@@ -1,5 +1,5 @@
-"""The GPU-session helpers that run here too: scripts/gpu/finish_table.py joins the sample
-features that scripts/gpu/sample_features.py wrote on several GPUs."""
+"""GPU-session tools that also run here: scripts/gpu/finish_table.py joins the sample features
+that scripts/gpu/sample_features.py wrote on several GPUs; bench/profile_steps.py profiles."""
 
 import importlib.util
 import sys
@@ -43,3 +43,16 @@ def test_sampler_settings_parse_and_name_their_arrays():
     assert features.key(features.parse_config("ddim:50:1")) == "ddim_50_1"
     with pytest.raises(ValueError):
         features.parse_config("ddim:50")
+
+
+def test_profile_steps_names_the_heaviest_operators(capsys, tmp_path):
+    """bench/profile_steps.py on the CPU (tiny network): a table per job, convolutions in it, and
+    a Chrome trace when asked."""
+    from bench import profile_steps
+
+    trace = tmp_path / "trace.json"
+    profile_steps.main(["--device", "cpu", "--quick", "--top", "4", "--trace", str(trace)])
+    out = capsys.readouterr().out
+    assert "## train: (8, 16) d1, 16px, batch 4" in out and "## sample:" in out
+    assert "convolution" in out
+    assert trace.stat().st_size > 1000
