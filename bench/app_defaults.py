@@ -3,7 +3,7 @@ as a user meets them: a fresh app process per checkpoint (first page visits unca
 loaded once), then each page run again (cached). Runs the real pages through Streamlit's AppTest.
 
     python -m bench.app_defaults                     # every checkpoint in checkpoints/
-    python -m bench.app_defaults checkpoints/ours.json
+    python -m bench.app_defaults checkpoints/ours2_eps.json
 """
 
 from __future__ import annotations
