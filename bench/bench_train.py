@@ -67,7 +67,7 @@ def plain_trainer(exp: ExperimentConfig, images: np.ndarray, out: str, device: t
     """The same training step without its CUDA speed-ups: float32 (no autocast), contiguous
     tensors, eager. The core has no option for this, so two attributes are set by hand."""
     trainer = Trainer(exp, images, out, RunOptions(device=str(device), progress=False))
-    trainer.cuda = False  # read by Trainer._batch (channels_last) and Trainer._loss (bf16 autocast)
+    trainer.cuda = False  # read by Trainer._loss_of (channels_last, bf16 autocast)
     for net in (trainer.network, trainer.ema):
         net.to(memory_format=torch.contiguous_format)
     return trainer

@@ -34,14 +34,13 @@ class PixelNormalization:
         return cls(tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3)))
 
     def _tensors(self, device, dtype=torch.float32):
-        """mean, std [1 x 3 x 1 x 1] on ``device``, made once (the training step calls this every
-        step; building them anew would be two host-to-device copies per step)."""
+        """mean, std [1 x 3 x 1 x 1] on ``device``, made once per device (building them anew would
+        be two host-to-device copies per call)."""
         return _mean_std(self.mean, self.std, str(torch.device(device)), dtype)
 
     def to_model(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 [N x 3 x H x W] (any device) -> float32 network units."""
-        mean, std = self._tensors(images_uint8.device)
-        return (images_uint8.float() / 255.0 - mean) / std
+        return pixels_to_model(images_uint8, *self._tensors(images_uint8.device))
 
     def to_pixels(self, x: torch.Tensor) -> np.ndarray:
         """network units [N x 3 x H x W] -> uint8 numpy [N x H x W x 3], clipped to [0, 255]."""
@@ -53,6 +52,12 @@ class PixelNormalization:
         """Bounds [1 x 3 x 1 x 1] of valid pixels in network units, for clipping predicted x0."""
         mean, std = self._tensors(device)
         return (0.0 - mean) / std, (1.0 - mean) / std
+
+
+def pixels_to_model(images_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(pixel / 255 - mean) / std in float32; the training step calls it with its own copy of
+    ``mean`` and ``std`` inside torch.compile (which does not trace through the cache below)."""
+    return (images_uint8.float() / 255.0 - mean) / std
 
 
 @functools.lru_cache(maxsize=64)

@@ -30,7 +30,7 @@ from . import diffusion as D
 from .checkpoint import CheckpointError, atomic_save_tensors, describe_model, save_checkpoint, write_json
 from .config import ExperimentConfig
 from .images import make_grid, save_png
-from .model import PixelNormalization
+from .model import PixelNormalization, pixels_to_model
 from .samplers import SamplerConfig, sample, sample_steps, seed_noise
 from .unet import UNet
 
@@ -60,8 +60,9 @@ def compile_settings(device: str, world_size: int = 1, compile: bool | None = No
                      mode: str | None = None) -> tuple[bool, str | None]:
     """(compile?, torch.compile mode) for a training run; None means "choose for me".
 
-    On CUDA the network is compiled by default, in "reduce-overhead" mode for one process: CUDA
-    graphs replay the network's forward and backward (batch 64 on H100s: 5,878 images/s against
+    On CUDA the training step is compiled by default (for one process the whole loss, network
+    included, as one graph; under DDP the network alone), in "reduce-overhead" mode for one
+    process: CUDA graphs replay the forward and backward (batch 64 on H100s: 5,878 images/s against
     2,877 in the default mode, two runs a day apart; 2.1x in one run on an H200), with the same
     loss curve as the eager float32 step (0.04% apart over 1,000 steps; docs/performance.md).
     Under DDP (world_size > 1) the mode stays "default": CUDA graphs with DDP's gradient hooks are
@@ -103,6 +104,7 @@ class Trainer:
             self.normalization = PixelNormalization.from_images(images)
         else:
             self.normalization = PixelNormalization()
+        self._pixel_stats = self.normalization._tensors(self.device)  # mean, std [1 x 3 x 1 x 1]
         torch.manual_seed(experiment.train.seed)  # network initialisation
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
         self.network = UNet(experiment.network).to(self.device, memory_format=fmt)
@@ -124,10 +126,14 @@ class Trainer:
 
             self.eager = DistributedDataParallel(self.network, device_ids=[self.device.index] if self.cuda else None)
         self.forward = self.eager
+        self.loss_of = self._loss_of
         if options.compile:
             _, mode = compile_settings(options.device, self.world, True, options.compile_mode)
             try:
-                self.forward = torch.compile(self.eager, mode=mode)
+                if self.world == 1:  # the whole loss: data preparation, forward and loss fuse with the network
+                    self.loss_of = torch.compile(self._loss_of, mode=mode)
+                else:  # DDP's gradient hooks: compile the network alone (torch.compile's DDP support)
+                    self.forward = torch.compile(self.eager, mode=mode)
             except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
                 print(f"torch.compile unavailable ({e}); training eagerly")
         self.levels = D.TrainingNoiseLevels(experiment.schedule, self.device)
@@ -142,8 +148,10 @@ class Trainer:
         self._order_epoch, self._order = -1, None
 
     # --- one step -------------------------------------------------------------------------
-    def _batch(self, step: int) -> torch.Tensor:
-        """uint8 images of this step's batch, augmented, in network units [B x 3 x S x S]."""
+    def _draws(self, step: int) -> tuple:
+        """The random part of a step, drawn eagerly from the step's generator (so a compiled and an
+        eager step see the same numbers): (uint8 images [B x 3 x S x S], flip mask [B] or None,
+        signal rates [B], noise rates [B], eps [B x 3 x S x S])."""
         epoch, within = divmod(step, self.steps_per_epoch)
         if self._order_epoch != epoch:  # one shuffle per epoch, seeded by (seed, epoch)
             g = torch.Generator().manual_seed(_step_seed(self.exp.train.seed, -1 - epoch))
@@ -152,21 +160,27 @@ class Trainer:
         b = self.exp.train.batch_size
         idx = self._order[within * b:(within + 1) * b][self.rank::self.world]  # this process's rows
         n = len(self.images)
-        x = self.images[idx % n]
+        images = self.images[idx % n]
         if self.exp.data.augment == "flip_x2":
             flip = idx >= n
         elif self.exp.data.augment == "flip":
             flip = torch.rand(len(idx), generator=self.gen, device=self.device) < 0.5
         else:
             flip = None
-        x = self.normalization.to_model(x)
-        if flip is not None:
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+        signal, noise = self.levels.draw(len(idx), self.gen)
+        eps = torch.randn(images.shape, generator=self.gen, device=self.device)
+        return images, flip, signal, noise, eps
 
-    def _loss(self, x0: torch.Tensor) -> torch.Tensor:
-        signal, noise = self.levels.draw(x0.shape[0], self.gen)
-        eps = torch.randn(x0.shape, generator=self.gen, device=self.device)
+    def _loss_of(self, images: torch.Tensor, flip: torch.Tensor | None, signal: torch.Tensor,
+                 noise: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The deterministic part of a step, a function of the draws alone (what ``torch.compile``
+        compiles as one graph for one process): augmented images in network units, x_t (Ho et al.
+        2020, Eq. 4), the network's output under bf16 autocast on CUDA, and the loss on eps or v."""
+        x0 = pixels_to_model(images, *self._pixel_stats)
+        if flip is not None:
+            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+        if self.cuda:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
         s, n = signal[:, None, None, None], noise[:, None, None, None]
         x_t = D.q_sample(x0, s, n, eps)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
@@ -188,17 +202,17 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
         self.optimizer.zero_grad(set_to_none=True)
+        draws = self._draws(self.step)
         try:
-            loss = self._loss(self._batch(self.step))
+            loss = self.loss_of(*draws)
             loss.backward()
         except Exception as e:  # noqa: BLE001 - torch.compile fails lazily, at the first call
-            if self.forward is self.eager:
+            if self.forward is self.eager and self.loss_of == self._loss_of:
                 raise
-            print(f"compiled network failed ({type(e).__name__}: {str(e)[:200]}); training eagerly")
-            self.forward = self.eager
+            print(f"compiled training step failed ({type(e).__name__}: {str(e)[:200]}); training eagerly")
+            self.forward, self.loss_of = self.eager, self._loss_of
             self.optimizer.zero_grad(set_to_none=True)
-            self.gen.manual_seed(_step_seed(self.exp.train.seed, self.step, self.rank))
-            loss = self._loss(self._batch(self.step))
+            loss = self.loss_of(*draws)
             loss.backward()
         if self.exp.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.exp.train.grad_clip)

@@ -91,3 +91,62 @@ def test_collect_ships_weights_once_and_every_measured_description(tmp_path, mon
     assert (out / "logs" / "tiny.log.jsonl").is_file() and (out / "grids" / "tiny.png").is_file()
     results = json.loads((out / "results_all.json").read_text())
     assert len(results["runs"]["tiny"]["evaluations"]) == 9
+
+
+def test_kernel_kinds_from_real_h100_kernel_names():
+    """bench/profile_steps.py sorts GPU kernels into kinds by name (names as an H100 profile of the
+    training step printed them)."""
+    from bench.profile_steps import kernel_kind
+
+    names = {
+        "sm90_xmma_wgrad_indexed_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64": "conv weight gradient",
+        "sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize256x64x32": "conv data gradient",
+        "sm80_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize256x32x32": "conv forward",
+        "triton_poi_fused__native_batch_norm_legit_functional__to_copy_convolution_10": "Inductor-fused (Triton)",
+        "nvjet_sm90_tst_64x32_64x16_1x1_h_bz_splitK_NTT": "other",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer + EMA",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "layout conversion",
+        "Memset (Device)": "memory copy/set",
+    }
+    assert {n: kernel_kind(n) for n in names} == names
+
+
+def test_roofline_counts_convolutions_by_their_formula():
+    """bench/roofline.py: the FLOPs it counts for a forward pass are 2 x C_in x C_out x k^2 x H x W
+    summed over the convolutions (hooks count them here independently); a convolution moves its
+    input, weights, bias and output; the FLOP ceiling is the peak over passes x forward FLOPs, and
+    perfect fusion (convolutions only) beats running every operation alone."""
+    import torch
+
+    from bench.roofline import BYTES_PER_ELEMENT, ceilings, count
+    from diffusion_core.unet import UNet, UNetConfig
+
+    config = UNetConfig(widths=(8, 16), block_depth=1, image_size=16)
+    expected_flops, expected_bytes = [], []
+
+    def hook(m, inp, out):
+        x = inp[0]
+        expected_flops.append(2 * out[0].numel() * x.shape[1] * m.kernel_size[0] * m.kernel_size[1])
+        # per image: activations of one image, weights and bias once per batch of 2 (count's batch)
+        params = m.weight.numel() + m.bias.numel()
+        expected_bytes.append((x[0].numel() + out[0].numel() + params / 2) * BYTES_PER_ELEMENT)
+
+    net = UNet(config).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        net(torch.randn(1, 3, 16, 16), torch.rand(1))
+    traffic = count(config, training=False)
+    convs = [(f, b) for name, f, b in traffic.ops if name == "convolution"]
+    assert len(convs) == len(expected_flops) == 11  # stem, 3 per block (two 3x3, a 1x1 shortcut) x 3, head
+    assert [f for f, _ in convs] == expected_flops
+    assert [b for _, b in convs] == expected_bytes
+    rows = {(r["program"], r["ceiling"]): r for r in ceilings(config, 1e12, 1e11, sampling_steps=10)}
+    fwd = sum(expected_flops)
+    assert abs(rows["sampling", "flops"]["images_per_s"] - 1e12 / (10 * fwd)) < 1e-6
+    assert abs(rows["training step", "flops"]["images_per_s"] - 1e12 / (3 * fwd)) < 1e-6
+    for program in ("sampling", "training step"):
+        assert rows[program, "flops"]["mfu"] == pytest.approx(1.0)
+        assert (rows[program, "flops"]["images_per_s"] >= rows[program, "convolutions only"]["images_per_s"]
+                > rows[program, "every operation"]["images_per_s"])

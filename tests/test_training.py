@@ -143,3 +143,47 @@ def test_calibrated_ema_batchnorm_statistics(tmp_path):
     # the saved model carries the calibrated statistics
     saved = load_checkpoint(tmp_path / "model.json").network
     assert torch.equal(saved.down[0][0].norm.running_mean, first_bn.running_mean)
+
+
+def _steps(trainer: Trainer, n: int) -> list[float]:
+    return [float(trainer.train_step()) for _ in range(n)]
+
+
+def test_compiled_step_is_the_whole_loss_and_matches_eager(tmp_path, monkeypatch):
+    """One process compiles the whole loss (data preparation, noise, network, loss) as one graph,
+    not the network alone; compiled (aot_eager here: Inductor's C++ builds take minutes on a CPU)
+    it gives the eager step's losses and weights, flips included."""
+    compiled = []
+    real_compile = torch.compile
+
+    def recording_compile(fn, mode=None, **kwargs):
+        compiled.append((getattr(fn, "__name__", type(fn).__name__), mode))
+        return real_compile(fn, backend="aot_eager")
+
+    images = random_images(16, 16, seed=3)
+    exp = tiny_experiment(widths=(8, 16), block_depth=1, batch_size=4, epochs=2)
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, augment="flip"))
+    eager = Trainer(exp, images, tmp_path / "eager", RunOptions(progress=False))
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    fast = Trainer(exp, images, tmp_path / "fast", RunOptions(progress=False, compile=True, compile_mode="default"))
+    assert compiled == [("_loss_of", "default")]
+    assert fast.forward is fast.network  # the network itself runs inside the compiled loss
+    np.testing.assert_allclose(_steps(fast, 6), _steps(eager, 6), rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast.network.parameters(), eager.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_compiled_step_that_fails_falls_back_to_eager_with_the_same_draws(tmp_path, monkeypatch, capsys):
+    """torch.compile fails lazily, at the first call: the step reruns eagerly on the same random
+    draws, so the run's numbers are those of an eager run."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: broken)
+    images = random_images(16, 16, seed=3)
+    exp = tiny_experiment(widths=(8, 16), block_depth=1, batch_size=4, epochs=2)
+    fast = Trainer(exp, images, tmp_path / "fast", RunOptions(progress=False, compile=True))
+    eager = Trainer(exp, images, tmp_path / "eager", RunOptions(progress=False))
+    assert _steps(fast, 3) == _steps(eager, 3)
+    assert "compiled training step failed (RuntimeError: no C++ compiler); training eagerly" in capsys.readouterr().out
+    assert fast.loss_of == fast._loss_of
