@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"GPU busy {busy:.2f} ms per call ({100 * busy / wall:.0f}% of the wall clock), by kernel kind:")
             for kind, ms, n in kinds:
                 print(f"  {kind:26s} {ms:7.3f} ms  {100 * ms / busy:5.1f}%  {n:4d} kernels", flush=True)
-            print(f"heaviest kernels, full names (ms per call, launches per call):")
+            print("heaviest kernels, full names (ms per call, launches per call):")
             for name, ms, n in heaviest_kernels(prof, steps, args.top):
                 print(f"  {ms:7.3f} ms {n:5.1f}x  {name[:300]}", flush=True)
 
