@@ -25,8 +25,10 @@ def one_checkpoint(json_path: Path) -> dict[str, list[float]]:
     """In this process: time every page's first and second run on a folder holding only this checkpoint."""
     from streamlit.testing.v1 import AppTest
 
+    from diffusion_core.checkpoint import read_description
+
     with tempfile.TemporaryDirectory() as tmp:
-        desc = json.loads(json_path.read_text())
+        desc = read_description(json_path)
         for f in [json_path.name, *desc["weights_files"]]:
             shutil.copy(json_path.parent / f, Path(tmp) / f)
         os.environ["DIFFUSION_EXPLORER_CHECKPOINTS"] = tmp

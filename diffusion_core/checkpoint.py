@@ -155,12 +155,9 @@ def save_checkpoint(stem: str | os.PathLike, state_dict: dict[str, torch.Tensor]
     return [stem.with_suffix(".json")] + [stem.parent / n for n in names]
 
 
-def read_description(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON description of a checkpoint, validated enough to list it (no weights read)."""
-    stem = _stem(path)
-    jpath = stem.with_suffix(".json")
-    if not jpath.is_file():
-        raise CheckpointError(f"no checkpoint description at {jpath}")
+def read_description_file(jpath: Path) -> dict[str, Any]:
+    """A JSON file in the description format (size, JSON and format checked; a file anyone may have
+    handed over). Raises CheckpointError naming the file."""
     if jpath.stat().st_size > MAX_DESCRIPTION_BYTES:
         raise CheckpointError(f"{jpath} is too large to be a checkpoint description")
     try:
@@ -168,7 +165,16 @@ def read_description(path: str | os.PathLike) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
         raise CheckpointError(f"{jpath} is not valid JSON: {str(e)[:200]}") from e
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
-        raise CheckpointError(f"{jpath} is not a diffusion-explorer checkpoint (format {FORMAT!r} expected)")
+        raise CheckpointError(f"{jpath} is not a diffusion-explorer checkpoint description (format {FORMAT!r} expected)")
+    return desc
+
+
+def read_description(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON description of a checkpoint, validated enough to list it (no weights read)."""
+    jpath = _stem(path).with_suffix(".json")
+    if not jpath.is_file():
+        raise CheckpointError(f"no checkpoint description at {jpath}")
+    desc = read_description_file(jpath)
     files = desc.get("weights_files")
     if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
         raise CheckpointError(f"{jpath} lists no weight files")

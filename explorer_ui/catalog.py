@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from diffusion_core.checkpoint import (FORMAT, MAX_DESCRIPTION_BYTES, CheckpointError, experiment_from_description,
-                                       read_description)
+from diffusion_core.checkpoint import (CheckpointError, experiment_from_description, read_description,
+                                       read_description_file)
 from diffusion_core.unet import UNet
 
 FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
@@ -307,20 +307,6 @@ def _fid_result(description: dict[str, Any]) -> dict[str, Any]:
     return runs[-1] if runs else {}
 
 
-def read_result(path: Path) -> dict[str, Any]:
-    """One experiment's description from the results folder; ``ValueError`` unless the file is
-    a JSON object of a description's size and format (weights are neither needed nor read)."""
-    if path.stat().st_size > MAX_DESCRIPTION_BYTES:
-        raise ValueError(f"{path} is too large to be an experiment description")
-    try:
-        desc = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON; RecursionError: absurd nesting
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a diffusion-explorer description (format {FORMAT!r} expected)")
-    return desc
-
-
 def unshipped_results(shown: Iterable[Entry] = (), folder: Path | None = None) -> list[dict[str, Any]]:
     """Table rows of the experiments in ``folder`` (default ``docs/results/``) whose weights do not
     ship, labelled by file stem, with the reason in the "weights" column. An experiment whose
@@ -334,8 +320,8 @@ def unshipped_results(shown: Iterable[Entry] = (), folder: Path | None = None) -
         if path.name in NOT_RESULTS or path.stem in taken:
             continue
         try:
-            desc = read_result(path)
-        except (OSError, ValueError) as e:
+            desc = read_description_file(path)  # weights are neither needed nor read
+        except (OSError, ValueError) as e:  # CheckpointError is a ValueError
             log.warning("results row skipped: %s", e)
             continue
         reason = desc.get("not_shipped")

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import make_tiny_checkpoint  # noqa: E402
 from test_app import clean, one_thread, open_app  # noqa: E402,F401 (one_thread: an autouse fixture)
 
+from diffusion_core.checkpoint import FORMAT  # noqa: E402
 from explorer_ui import catalog  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -71,7 +72,7 @@ def test_only_readable_unshipped_descriptions_become_rows(tmp_path, caplog):
 def test_malformed_facts_are_empty_cells(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    odd = {"format": catalog.FORMAT, "not_shipped": "superseded", "experiment": [1], "training": 3,
+    odd = {"format": FORMAT, "not_shipped": "superseded", "experiment": [1], "training": 3,
            "metrics": {"evaluations": 5}, "parameters": "many"}
     (results / "odd.json").write_text(json.dumps(odd))
     (row,) = catalog.unshipped_results(folder=results)
