@@ -219,7 +219,9 @@ class Trainer:
         self.optimizer.step()
         self._update_ema()
         self.step += 1
-        return loss.detach()
+        # a copy: with CUDA graphs ("reduce-overhead") the compiled loss lives in a buffer that the
+        # next step's replay overwrites, and callers keep losses across steps (run() sums a window)
+        return loss.detach().clone()
 
     def ema_decay_at(self, step: int) -> float:
         """The EMA decay of optimizer step ``step`` (0-based): ``ema_decay``, capped early in training

@@ -173,6 +173,29 @@ def test_compiled_step_is_the_whole_loss_and_matches_eager(tmp_path, monkeypatch
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_the_returned_loss_owns_its_memory(tmp_path):
+    """With CUDA graphs the compiled loss is a buffer that the next replay overwrites; run() keeps
+    losses across steps (a logging window's sum), so train_step hands back a copy, never the
+    loss function's own output tensor."""
+    images = random_images(16, 16, seed=3)
+    exp = tiny_experiment(widths=(8, 16), block_depth=1, batch_size=4, epochs=2)
+    trainer = Trainer(exp, images, tmp_path, RunOptions(progress=False))
+    outputs = []
+    inner = trainer.loss_of
+
+    def recording(*args):
+        outputs.append(inner(*args))
+        return outputs[-1]
+
+    trainer.loss_of = recording
+    first = trainer.train_step()
+    assert first.data_ptr() != outputs[0].data_ptr()
+    value = float(first)
+    outputs[0].detach().zero_()  # what a graph replay does to its output buffer
+    assert float(first) == value != 0.0
+    assert not first.requires_grad
+
+
 def test_a_compiled_step_that_fails_falls_back_to_eager_with_the_same_draws(tmp_path, monkeypatch, capsys):
     """torch.compile fails lazily, at the first call: the step reruns eagerly on the same random
     draws, so the run's numbers are those of an eager run."""
