@@ -307,6 +307,7 @@ def main(suites: Sequence[Callable[[Settings], list[Case]]], argv: Sequence[str]
     out = os.environ.get("OUT")
     if out:
         path = Path(out) / "bench.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         rows_json = [dict(dataclasses.asdict(r), mfu=r.mfu) for r in rows]
         path.write_text(json.dumps({"environment": env, "rows": rows_json}, indent=1, default=str))
         log(f"wrote {path}")

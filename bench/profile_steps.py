@@ -107,7 +107,8 @@ BASELINES = ("none", "interpolate", "network-only", "both")
 
 def use_baseline(baseline: str) -> None:
     """Put back what issue #4's changes replaced, for an A/B in one run: "interpolate" runs
-    PyTorch's upsampling kernel inside torch.compile too (instead of unet.upsample2x_written_out);
+    PyTorch's upsampling kernel as autocast runs it everywhere (instead of
+    unet.upsample2x_written_out inside torch.compile, and of the bf16 kernel when sampling);
     "network-only" (see train_step) compiles the network alone instead of the whole loss."""
     if baseline in ("interpolate", "both"):
         unet.upsample2x_bilinear = lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)

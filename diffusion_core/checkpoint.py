@@ -57,8 +57,8 @@ class LoadedModel:
         s = self.experiment.network.image_size
         return (self.experiment.network.channels, s, s)
 
-    def denoiser(self, autocast: torch.dtype | str | None = AUTO) -> Denoiser:
-        return Denoiser(self.network, self.experiment.train.prediction, self.normalization, autocast)
+    def denoiser(self, autocast: torch.dtype | str | None = AUTO, compile: bool = False) -> Denoiser:
+        return Denoiser(self.network, self.experiment.train.prediction, self.normalization, autocast, compile)
 
 
 def _read_umask() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .generate import COMPILE_MIN_CALLS
 from .samplers import SAMPLERS
 from .training import COMPILE_MODES
 
@@ -35,6 +36,12 @@ def _add_sampler_flags(p: argparse.ArgumentParser, default_steps: int = 50) -> N
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     p.add_argument("--fp32", action="store_true",
                    help="float32 on CUDA too (default there: bf16 autocast, faster; images within a few /255)")
+
+
+def _add_sampling_compile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network (default: on CUDA for jobs of at least "
+                        f"{COMPILE_MIN_CALLS} network calls, batches x steps; each batch shape compiles once)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", default=["0-15"], help="seeds and ranges, e.g. 0-15 or 3 7 42 (default 0-15)")
     p.add_argument("--cols", type=int, help="grid columns (default: square)")
     p.add_argument("--out", default="samples.png", help="output PNG")
+    _add_sampling_compile_flag(p)
 
     p = sub.add_parser("interpolate", help="interpolate between the noise of two or more seeds")
     p.add_argument("checkpoint", help="checkpoint .json (or its stem)")
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=".cache/fid", help="where reference statistics are cached")
     p.add_argument("--memorization", action="store_true", help="also report the share of near-copies of training images")
     p.add_argument("--no-write", action="store_true", help="do not write the results into the checkpoint description")
+    _add_sampling_compile_flag(p)
     return parser
 
 

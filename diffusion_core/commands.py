@@ -83,7 +83,7 @@ def sample(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
     seeds = seed_list(args.seeds)
     start = time.perf_counter()
-    images = generate(model, seeds, _sampler(args), autocast=_autocast(args))
+    images = generate(model, seeds, _sampler(args), autocast=_autocast(args), compile=args.compile)
     path = save_png(make_grid(images, args.cols), args.out)
     print(f"{len(images)} images in {time.perf_counter() - start:.1f} s -> {path}")
     return 0

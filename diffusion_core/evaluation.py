@@ -57,10 +57,10 @@ def evaluation_record(r: dict[str, Any], sampler: SamplerConfig, reference: str,
 def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, sampler: SamplerConfig,
                    num_samples: int, extractor: FeatureExtractor, cache_dir: str | Path,
                    memorization: bool = True, autocast: torch.dtype | str | None = AUTO,
-                   frechet: str = "sqrtm") -> dict[str, Any]:
+                   frechet: str = "sqrtm", compile: bool | None = None) -> dict[str, Any]:
     """FID/KID of ``num_samples`` samples against the real images (uint8 [N x R x R x 3] at the
-    model's resolution R); optionally the near-copy share. ``frechet``: see fid_from_features.
-    Returns a JSON-ready dict."""
+    model's resolution R); optionally the near-copy share. ``frechet``: see fid_from_features;
+    ``compile``: see generate. Returns a JSON-ready dict."""
     size = model.experiment.network.image_size
     if real_images.shape[1:] != (size, size, 3):
         raise ValueError(f"reference images are {real_images.shape[1]} px, the model makes {size} px")
@@ -69,7 +69,7 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     start = time.perf_counter()
     # one noise generator per batch on the device: per-image CPU generators would dominate the
     # time of 1000-step ancestral sampling on a GPU
-    samples = generate(model, list(range(num_samples)), sampler, autocast, per_image_noise=False)
+    samples = generate(model, list(range(num_samples)), sampler, autocast, per_image_noise=False, compile=compile)
     sample_time = time.perf_counter() - start
     real_feats = cached_features(real_images, real_name, extractor, cache_dir)
     fake_feats = extractor(samples)
@@ -117,7 +117,8 @@ def evaluate_checkpoint(args) -> dict[str, Any]:
     extractor = load_feature_extractor(args.fid_weights, device, batch_size=min(args.batch_size, 200))
     sampler = SamplerConfig(args.sampler, args.steps, args.eta, args.clip)
     result = evaluate_model(model, real.images, real.name, sampler, args.num_samples, extractor, args.cache_dir,
-                            memorization=args.memorization, autocast=None if args.fp32 else AUTO)
+                            memorization=args.memorization, autocast=None if args.fp32 else AUTO,
+                            compile=args.compile)
     result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, args.cache_dir))
     if not args.no_write:
         record_result(model.path, result, protocol=(args.num_samples == len(real.images)))

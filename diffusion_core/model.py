@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,10 +88,13 @@ class Denoiser:
 
     The network is conditioned on the noise variance sigma^2 and predicts eps or v; it runs under
     autocast to ``sampling_autocast(autocast)`` (bf16 on CUDA by default). Never mutates the network.
+    ``compile``: run the network through ``torch.compile`` (static shapes; one compilation per
+    batch shape, shared by every Denoiser of the same network); if compiling or the compiled call
+    fails, this Denoiser says so on stderr and runs the network eagerly from then on.
     """
 
     def __init__(self, network: UNet, prediction: str, normalization: PixelNormalization,
-                 autocast: torch.dtype | str | None = AUTO):
+                 autocast: torch.dtype | str | None = AUTO, compile: bool = False):
         self.network = network
         self.prediction = prediction
         self.normalization = normalization
@@ -98,6 +102,20 @@ class Denoiser:
         self.autocast = sampling_autocast(autocast, self.device)
         self.x0_range = normalization.x0_range(self.device)
         self.calls = 0  # network evaluations, for the benchmarks and the UI
+        self._forward = network
+        if compile:
+            try:
+                self._forward = torch.compile(network, dynamic=False)
+            except Exception as e:  # noqa: BLE001 - no backend on this platform
+                self._compile_failed(e)
+
+    @property
+    def compiled(self) -> bool:
+        return self._forward is not self.network
+
+    def _compile_failed(self, e: Exception) -> None:
+        print(f"compiled sampling failed ({type(e).__name__}: {str(e)[:200]}); sampling eagerly", file=sys.stderr)
+        self._forward = self.network
 
     def _context(self):
         if self.autocast is None:
@@ -111,7 +129,13 @@ class Denoiser:
         if self.device.type == "cuda":
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._context():
-            out = self.network(x_t, variance)
+            try:
+                out = self._forward(x_t, variance)
+            except Exception as e:  # noqa: BLE001 - torch.compile fails lazily, at a call
+                if not self.compiled:
+                    raise
+                self._compile_failed(e)
+                out = self.network(x_t, variance)
         out = out.float()
         self.calls += 1
         if self.prediction == "v":

@@ -131,6 +131,28 @@ def test_compiled_passes_pick_the_upsampling_by_need_for_gradients(monkeypatch):
     assert len(traced) == 1
 
 
+def test_inference_upsampling_keeps_the_activation_dtype_out_of_autocast(monkeypatch):
+    """Without gradients the upsampling runs outside autocast, in the input's dtype (CUDA's autocast
+    upcasts upsampling to float32, which made the skip concatenation and BatchNorm after it float32
+    too); with gradients autocast's policy stands. The bf16 result is the float32 one rounded."""
+    import torch.nn.functional as F
+
+    import diffusion_core.unet as unet_module
+
+    seen = []
+    real = F.interpolate
+    monkeypatch.setattr(unet_module.F, "interpolate",
+                        lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or real(*a, **k))
+    x = torch.randn(2, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = unet_module.upsample2x_bilinear(x.bfloat16())
+        unet_module.upsample2x_bilinear(x.clone().requires_grad_())
+    assert seen == [False, True]
+    assert out.dtype == torch.bfloat16
+    ref = real(x.bfloat16().float(), scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.float(), ref, rtol=2**-7, atol=0)
+
+
 def test_channels_last_input_stays_channels_last_through_every_layer():
     """With channels_last weights and input, every BatchNorm and convolution sees channels_last:
     the noise embedding is concatenated in the stem's memory format (an NCHW concatenation made the

@@ -1,0 +1,81 @@
+"""Compiled sampling for long jobs: same images as eager, one compilation per network and batch
+shape, an eager fallback when compiling fails, and the rule that decides when it pays."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_core import generate as G
+from diffusion_core.checkpoint import load_checkpoint
+from diffusion_core.cli import build_parser
+from diffusion_core.samplers import SamplerConfig
+from tests.helpers import make_tiny_checkpoint
+
+
+@pytest.fixture
+def model(tmp_path):
+    return load_checkpoint(make_tiny_checkpoint(tmp_path))
+
+
+def test_compiled_generate_gives_the_eager_images_with_one_compile(model, monkeypatch):
+    """aot_eager stands in for Inductor (whose C++ builds take minutes on a CPU); 5 seeds in
+    chunks of 2 make two batch shapes, both through one compiled wrapper."""
+    compiled, shapes = [], []
+    real_compile = torch.compile
+
+    def recording_compile(fn, **kwargs):
+        compiled.append(kwargs)
+        inner = real_compile(fn, backend="aot_eager", **kwargs)
+        return lambda x, v: shapes.append(tuple(x.shape)) or inner(x, v)
+
+    eager = G.generate(model, range(5), SamplerConfig("ddim", 4), compile=False)
+    monkeypatch.setattr(G, "MAX_BATCH_PIXELS", 2 * 16 * 16)
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    fast = G.generate(model, range(5), SamplerConfig("ddim", 4), compile=True)
+    assert compiled == [{"dynamic": False}]
+    assert shapes == [(2, 3, 16, 16)] * 8 + [(1, 3, 16, 16)] * 4
+    assert fast.shape == eager.shape == (5, 16, 16, 3)
+    assert np.abs(fast.astype(int) - eager.astype(int)).max() <= 1
+
+
+def test_a_compile_that_fails_falls_back_to_eager_once(model, monkeypatch, capsys):
+    def broken(x, v):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    eager = G.generate(model, range(3), SamplerConfig("ddim", 4), compile=False)
+    fast = G.generate(model, range(3), SamplerConfig("ddim", 4), compile=True)
+    np.testing.assert_array_equal(fast, eager)
+    err = capsys.readouterr().err
+    assert err.count("compiled sampling failed (RuntimeError: no C++ compiler); sampling eagerly") == 1
+
+
+def test_compiling_pays_on_cuda_from_the_call_count():
+    """Network calls = batches x steps, a batch being MAX_BATCH_PIXELS of the model's resolution
+    (256 images at 64 px)."""
+    def fake(device, size=64):
+        return SimpleNamespace(device=torch.device(device),
+                               experiment=SimpleNamespace(network=SimpleNamespace(image_size=size)))
+
+    ddim50, ddpm1000 = SamplerConfig("ddim", 50), SamplerConfig("ddpm", 1000)
+    assert G._chunk_size(fake("cuda")) == 256
+    assert G.COMPILE_MIN_CALLS == 10_000
+    assert not G.compile_pays(fake("cuda"), 16, ddim50)  # a grid: 1 batch x 50 steps
+    assert not G.compile_pays(fake("cuda"), 2911, ddim50)  # the FID protocol: 12 x 50 = 600
+    assert G.compile_pays(fake("cuda"), 2911, ddpm1000)  # 12 x 1000
+    assert not G.compile_pays(fake("cuda"), 199 * 256, ddim50)  # 9,950 calls
+    assert G.compile_pays(fake("cuda"), 199 * 256 + 1, ddim50)  # 200 x 50 = 10,000
+    assert not G.compile_pays(fake("cuda", 128), 2911, ddim50)  # 64 per batch at 128 px: 46 x 50
+    assert G.compile_pays(fake("cuda", 128), 50_000, ddim50)  # 782 x 50
+    assert not G.compile_pays(fake("cpu"), 50_000, ddpm1000)  # never on a CPU
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_cli_compile_flag(command):
+    extra = ["--data", "d"] if command == "evaluate" else []
+    parse = build_parser().parse_args
+    assert parse([command, "m.json", *extra]).compile is None
+    assert parse([command, "m.json", *extra, "--compile"]).compile is True
+    assert parse([command, "m.json", *extra, "--no-compile"]).compile is False
