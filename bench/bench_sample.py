@@ -1,5 +1,6 @@
 """Sampling throughput: 50-step DDIM of 256 images with our sampler (float32; bf16 autocast;
-bf16 + channels_last; bf16 + channels_last + compiled network) and with diffusers' DDIM loop;
+bf16 + channels_last; + compiled network; + BatchNorm folded, the app's CUDA path; + both, the
+CLI's for long jobs) and with diffusers' DDIM loop;
 the check that the optimised sampler gives the float32 images; and the grid overhead of the
 sampler (a 4-image grid against bare network calls), the figure that matters on a CPU.
 
@@ -27,17 +28,24 @@ from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.config import ExperimentConfig
 from diffusion_core.generate import generate
 from diffusion_core.model import Denoiser, PixelNormalization
+from diffusion_core.folding import fold_batchnorm
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps, seed_noise
 from diffusion_core.schedules import ScheduleConfig
 from diffusion_core.unet import UNet, UNetConfig, count_parameters
 
 REL_L2_TOLERANCE = 2.0**-6  # four bf16 roundings
-VARIANTS = {  # our sampler: label -> (autocast, channels_last, torch.compile), as in the table
-    "fp32": (None, False, False),
-    "bf16": (torch.bfloat16, False, False),
-    "bf16_cl": (torch.bfloat16, True, False),
-    "bf16_cl_compiled": (torch.bfloat16, True, True),
+VARIANTS = {  # our sampler: label -> (autocast, channels_last, BatchNorm folded, torch.compile), as in the table
+    "fp32": (None, False, False, False),
+    "bf16": (torch.bfloat16, False, False, False),
+    "bf16_cl": (torch.bfloat16, True, False, False),
+    "bf16_cl_compiled": (torch.bfloat16, True, False, True),
+    "bf16_cl_folded": (torch.bfloat16, True, True, False),  # what LoadedModel.denoiser runs on CUDA
+    "bf16_cl_folded_compiled": (torch.bfloat16, True, True, True),  # ... and generate() for long jobs
 }
+LABELS = {"fp32": "fp32", "bf16": "bf16", "bf16_cl": "bf16 + channels_last",
+          "bf16_cl_compiled": "bf16 + channels_last + compiled",
+          "bf16_cl_folded": "bf16 + channels_last + folded BatchNorm",
+          "bf16_cl_folded_compiled": "bf16 + channels_last + folded BatchNorm + compiled"}
 
 
 def random_network(config: UNetConfig, device: torch.device) -> UNet:
@@ -74,13 +82,16 @@ def ours(settings: Settings, variant: str, outputs: dict[str, torch.Tensor]) -> 
     whereas a random eps-predictor makes x0 = (x_t - sigma eps) / alpha about 50 times the noise at
     the first step and saturates every pixel. The cost is the same either way."""
     network, n, steps = sizes(settings)
-    autocast, channels_last, compile = VARIANTS[variant]
+    autocast, channels_last, fold, compile = VARIANTS[variant]
     net = random_network(network, settings.device)
     gflop = unet_gflop(net, settings.device)
+    params = count_parameters(net)
     x_T = seed_noise(range(n), (3, network.image_size, network.image_size), settings.device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x_T = x_T.contiguous(memory_format=torch.channels_last)
+    if fold:
+        net = fold_batchnorm(net)
     if compile:
         net = torch.compile(net)
     denoiser = Denoiser(net, "v", PixelNormalization(), autocast)
@@ -93,8 +104,9 @@ def ours(settings: Settings, variant: str, outputs: dict[str, torch.Tensor]) -> 
     with full_fp32(settings.device) if autocast is None else contextlib.nullcontext():
         timing = measure(run, n, settings)
     note = ", ".join(["bf16 autocast" if autocast else "fp32, TF32 off"] + ["channels_last"] * channels_last
+                     + ["BatchNorm folded"] * fold
                      + [f"compiled; first call {timing.first_call_s:.1f} s" if compile else "eager"])
-    return Row(params=count_parameters(net), gflop_per_image=gflop, passes=steps, images_per_s=timing.images_per_s,
+    return Row(params=params, gflop_per_image=gflop, passes=steps, images_per_s=timing.images_per_s,
                note=note)
 
 
@@ -108,7 +120,7 @@ def agreement(settings: Settings, outputs: dict[str, torch.Tensor]) -> Row:
     to_pixels = PixelNormalization().to_pixels
     ref_pixels = to_pixels(ref).astype(np.int16)
     parts, metrics = [], {}
-    for variant in ("bf16", "bf16_cl", "bf16_cl_compiled"):
+    for variant in [v for v in VARIANTS if v != "fp32"]:
         if variant not in outputs:
             parts.append(f"{variant}: did not run")
             continue
@@ -155,10 +167,10 @@ def grid_overhead(settings: Settings) -> Row:
     x = seed_noise(seeds, model.image_shape, settings.device)
     variance = torch.full((len(seeds),), 0.5, device=settings.device)
 
-    def bare() -> torch.Tensor:
+    def bare() -> torch.Tensor:  # the network the grid runs: BatchNorm folded (LoadedModel.sampling_network)
         with torch.inference_mode():
             for _ in range(steps):
-                out = net(x, variance)
+                out = model.sampling_network(x, variance)
         return out
 
     grid = partial(generate, model, seeds, config)
@@ -202,11 +214,7 @@ def cases(settings: Settings) -> list[Case]:
     outputs: dict[str, torch.Tensor] = {}
     label = f"{describe(network)}, {n} images, {steps}-step DDIM"
     return [
-        Case("sample", f"ours {label}, fp32", partial(ours, settings, "fp32", outputs)),
-        Case("sample", f"ours {label}, bf16", partial(ours, settings, "bf16", outputs)),
-        Case("sample", f"ours {label}, bf16 + channels_last", partial(ours, settings, "bf16_cl", outputs)),
-        Case("sample", f"ours {label}, bf16 + channels_last + compiled",
-             partial(ours, settings, "bf16_cl_compiled", outputs)),
+        *(Case("sample", f"ours {label}, {LABELS[v]}", partial(ours, settings, v, outputs)) for v in VARIANTS),
         Case("sample peers", f"diffusers {n} images, {steps}-step DDIM, fp32", partial(diffusers, settings, False)),
         Case("sample peers", f"diffusers {n} images, {steps}-step DDIM, bf16", partial(diffusers, settings, True)),
         Case("quality", "sampling: optimised vs fp32, same noise", partial(agreement, settings, outputs)),

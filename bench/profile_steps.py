@@ -29,6 +29,7 @@ from bench.bench_sample import random_network
 from bench.bench_train import experiment, random_images
 from bench.common import REFERENCE, TINY, synchronize
 from diffusion_core import unet
+from diffusion_core.folding import fold_batchnorm
 from diffusion_core.model import Denoiser, PixelNormalization
 from diffusion_core.training import RunOptions, Trainer, compile_settings
 
@@ -125,10 +126,13 @@ def train_step(device: torch.device, network, batch: int, compile_mode: str | No
     return trainer.train_step
 
 
-def sampling_call(device: torch.device, network, batch: int, compile_mode: str = "none") -> Callable[[], object]:
+def sampling_call(device: torch.device, network, batch: int, compile_mode: str = "none",
+                  fold: bool = False) -> Callable[[], object]:
     net = random_network(network, device)
     if device.type == "cuda":  # as checkpoint.load_checkpoint prepares a network for sampling on CUDA
         net = net.to(memory_format=torch.channels_last)
+    if fold:
+        net = fold_batchnorm(net.eval())
     if compile_mode != "none":
         net = torch.compile(net, mode=None if compile_mode == "default" else compile_mode)
     denoiser = Denoiser(net, "v", PixelNormalization())  # bf16 + channels_last on CUDA
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline", choices=BASELINES, default="none",
                    help="profile an implementation this code replaced: PyTorch's upsampling under compile "
                         "(interpolate), the network compiled alone (network-only), or both")
+    p.add_argument("--fold-batchnorm", action="store_true",
+                   help="sample with BatchNorm folded into the convolutions (diffusion_core.folding)")
     p.add_argument("--warmup", type=int, default=20, help="calls before profiling (compilation, capture)")
     p.add_argument("--steps", type=int, default=10, help="profiled calls (and as many timed ones)")
     p.add_argument("--top", type=int, default=25, help="rows of each table")
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     use_baseline(args.baseline)
     jobs = {"train": lambda: train_step(device, network, batch, args.compile_mode, args.baseline),
-            "sample": lambda: sampling_call(device, network, batch, args.sample_compile)}
+            "sample": lambda: sampling_call(device, network, batch, args.sample_compile, args.fold_batchnorm)}
     for what in ("train", "sample") if args.what == "both" else (args.what,):
         fn = jobs[what]()
         prof = profiled(fn, device, warmup, steps, args.trace)
