@@ -26,9 +26,9 @@ from bench.common import (REFERENCE, TINY, Case, Row, Settings, describe, forwar
                           full_fp32, main, measure, synchronize)
 from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.config import ExperimentConfig
+from diffusion_core.folding import fold_batchnorm
 from diffusion_core.generate import generate
 from diffusion_core.model import Denoiser, PixelNormalization
-from diffusion_core.folding import fold_batchnorm
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps, seed_noise
 from diffusion_core.schedules import ScheduleConfig
 from diffusion_core.unet import UNet, UNetConfig, count_parameters

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import ResidualBlock, UNet
+from .unet import ResidualBlock, UNet, is_channels_last
 
 
 class FoldedResidualBlock(nn.Module):
@@ -38,7 +38,7 @@ class FoldedResidualBlock(nn.Module):
         scale = torch.rsqrt(norm.running_var.double() + norm.eps)
         shift = -norm.running_mean.double() * scale
         weight = conv1.weight.double()
-        fmt = torch.channels_last if _is_channels_last(conv1.weight) else torch.contiguous_format
+        fmt = torch.channels_last if is_channels_last(conv1.weight) else torch.contiguous_format
         self.weight = nn.Parameter((weight * scale[None, :, None, None]).to(conv1.weight.dtype)
                                    .contiguous(memory_format=fmt), requires_grad=False)
         constant = shift[None, :, None, None].expand(1, len(shift), *size)
@@ -51,10 +51,6 @@ class FoldedResidualBlock(nn.Module):
         h = F.conv2d(x, self.weight, None, padding=self.padding)
         h = self.conv2(F.silu(h + self.bias_map.to(h.dtype)))
         return h + self.shortcut(x)
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()

@@ -71,6 +71,11 @@ def sinusoidal_embedding(noise_variance: torch.Tensor, dims: int, min_freq: floa
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is laid out channels_last (and not also plain contiguous, as 1x1 maps are)."""
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def upsample2x_bilinear(x: torch.Tensor) -> torch.Tensor:
     """2x bilinear upsampling, ``F.interpolate(x, scale_factor=2, mode="bilinear",
     align_corners=False)``, in the form that is fastest where it runs:
@@ -108,7 +113,7 @@ def upsample2x_written_out(x: torch.Tensor) -> torch.Tensor:
     Works on any memory format; channels_last in, channels_last out."""
     if x.dim() != 4:
         raise ValueError(f"expected [N x C x H x W], got shape {tuple(x.shape)}")
-    nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    nhwc = is_channels_last(x)
     y = x.permute(0, 2, 3, 1) if nhwc else x  # interleave along the outer axes of the storage order
     for dim in (1, 2) if nhwc else (2, 3):
         y = _double(y, dim)
@@ -211,7 +216,7 @@ class UNet(nn.Module):
         # in the stem's dtype: under autocast a float32 embedding made the concatenation and the
         # first block's BatchNorm float32 (the convolutions round their inputs to bf16 anyway)
         e = e.to(stem.dtype)[:, :, None, None].expand(n, c.embedding_dims, h, w)  # nearest upsampling
-        if not stem.is_contiguous() and stem.is_contiguous(memory_format=torch.channels_last):
+        if is_channels_last(stem):
             # cat keeps channels_last only if every input has it; with the expanded embedding as is
             # it returned NCHW, which made the first block convert layouts (compiled training step
             # on an H100: one transposing kernel of 2.1 ms in a 18.5 ms step)
