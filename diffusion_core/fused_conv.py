@@ -1,0 +1,262 @@
+"""One fused convolution kernel for sampling on CUDA (Triton): a 3x3 convolution of up to two
+channel blocks, plus up to two 1x1 blocks, plus bias (or bias map), SiLU and a residual, in one pass.
+
+Why: sampling the reference U-Net is bound by memory traffic, not FLOPs (docs/performance.md,
+"The ceilings"): cuDNN runs each narrow convolution as its own kernel and every bias addition,
+SiLU, skip concatenation and residual addition around it is another read and write of a full
+activation. A residual block of the folded sampling network (``folding.FoldedResidualBlock``),
+
+    h = silu(conv3x3(W1, x) + B1)                      B1: the folded BatchNorm's bias map
+    y = conv3x3(W2, h) + b2 + shortcut(x)              shortcut: identity or a 1x1 convolution,
+
+becomes two launches of this kernel, and an up block's input ``cat[x, skip]`` is never built:
+a convolution of a concatenation is the sum of the convolutions of its parts,
+
+    conv(W, cat[a, b]) = conv(W[:, :Ca], a) + conv(W[:, Ca:], b),
+
+so the kernel reads ``a`` and ``b`` where they are. The convolution is an implicit GEMM
+(Chetlur et al. 2014, "cuDNN", section 3): output pixels are the rows, output channels the
+columns, and the reduction runs over (tap, input channel) with the tap's shifted pixels loaded
+directly from the NHWC activation; zero padding is a masked load. float32 accumulation,
+activations in bf16 (or whatever dtype they come in).
+
+Layout: activations are NHWC tensors ``[N, H, W, C]``, contiguous. The weights of one launch are
+packed once into a ``[K, C_out]`` matrix (``pack_weights``): the 3x3 blocks tap-major (row
+``tap * C + c`` with ``tap = 3 * (dy + 1) + (dx + 1)``), then the 1x1 blocks.
+
+On a CPU the same kernel runs under Triton's interpreter (TRITON_INTERPRET=1 set before Triton
+is imported), which is how the tests check it; nothing in the app uses that path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install without Triton: the fused path is simply unavailable
+    triton = None
+    tl = None
+
+
+def available(device: torch.device) -> bool:
+    """Whether the fused kernels can run compiled on ``device`` (CUDA with Triton)."""
+    return triton is not None and device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Launch configuration: pixels per program, output channels per program, reduction chunk."""
+    block_m: int = 128
+    block_n: int = 32
+    block_k: int = 32
+    num_warps: int = 4
+    num_stages: int = 3
+    cache: str = ""  # cache modifier of the 3x3 loads ("" or ".ca": keep in L1 for the neighbouring taps)
+
+
+def default_tiles(c_out: int, channels: tuple[int, ...], pixels: int) -> Tiles:
+    """The launch configuration used unless one is given or tuned (from ``bench/bench_fused.py``'s
+    sweeps on an H100): 32-channel chunks, 128 pixels per program, 64 where the batch's pixels are
+    few (8x8 maps), with 8 warps there for 128 output channels."""
+    block_k = 32 if all(c % 32 == 0 for c in channels) else 16
+    block_n = min(128, max(16, 1 << (c_out - 1).bit_length()))
+    small = pixels <= 16384
+    return Tiles(block_m=64 if small else 128, block_n=block_n, block_k=block_k,
+                 num_warps=8 if small and block_n >= 128 else 4, num_stages=3)
+
+
+def border_table(bias_map: torch.Tensor) -> torch.Tensor:
+    """[H, W, C] -> [3, 3, C]: a bias map that depends only on whether a pixel is in the first, an
+    inside or the last row and column (as a 3x3 convolution of a constant with zero padding is),
+    by its values at those nine places. ``expand_border_table`` inverts it."""
+    h, w = bias_map.shape[:2]
+    return bias_map[[0, min(1, h - 1), h - 1]][:, [0, min(1, w - 1), w - 1]].contiguous()
+
+
+def expand_border_table(table: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[3, 3, C] -> the [H, W, C] map it stands for."""
+    rows = torch.ones(h, dtype=torch.long)
+    rows[0], rows[-1] = 0, 2
+    cols = torch.ones(w, dtype=torch.long)
+    cols[0], cols[-1] = 0, 2
+    return table[rows.to(table.device)][:, cols.to(table.device)]
+
+
+TUNED: dict[tuple, Tiles] = {}  # launch_key -> tiles that a benchmark found faster than the default
+
+
+def launch_key(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, skip: torch.Tensor | None = None,
+               shortcut: tuple[torch.Tensor, ...] = (), residual: torch.Tensor | None = None,
+               silu: bool = False) -> tuple:
+    """What a launch's best tiles depend on: sizes, channel blocks and epilogue."""
+    n, h, w, ca = x.shape
+    return (n * h * w, h, w, ca, skip.shape[-1] if skip is not None else 0,
+            tuple(t.shape[-1] for t in shortcut), weight.shape[1], bias.dim() > 1, silu, residual is not None)
+
+
+def pack_weights(conv3: list[torch.Tensor], conv1: list[torch.Tensor]) -> torch.Tensor:
+    """[C_out, C_i, 3, 3] blocks and [C_out, C_j, 1, 1] blocks -> one [K, C_out] matrix, K =
+    9 * sum C_i + sum C_j, in the order the kernel reduces over (see the module doc)."""
+    rows = [w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]) for w in conv3]  # (dy, dx, c) x C_out
+    rows += [w.reshape(w.shape[0], w.shape[1]).t() for w in conv1]
+    return torch.cat(rows, 0).contiguous()
+
+
+def _conv3x3_part(acc, x_ptr, C, w_ptr, w_row0, COUT, rows, cols, in_rows, in_cols, h, w, H, W,
+                  BLOCK_K: tl.constexpr, CACHE: tl.constexpr):
+    """acc += the 3x3 convolution of one C-channel NHWC block, weights from packed row w_row0 on."""
+    ks = tl.arange(0, BLOCK_K)
+    chunks = C // BLOCK_K
+    for kk in range(0, 9 * chunks):  # (tap, channel chunk)
+        tap = kk // chunks
+        c0 = (kk % chunks) * BLOCK_K
+        dy = tap // 3 - 1
+        dx = tap % 3 - 1
+        ok = in_rows & (h + dy >= 0) & (h + dy < H) & (w + dx >= 0) & (w + dx < W)  # else zero padding
+        src = rows + dy * W + dx  # the neighbour's flat pixel index (same image where ok)
+        a = tl.load(x_ptr + src[:, None] * C + (c0 + ks)[None, :], mask=ok[:, None], other=0.0,
+                    cache_modifier=CACHE)
+        b = tl.load(w_ptr + (w_row0 + tap * C + c0 + ks)[:, None] * COUT + cols[None, :],
+                    mask=in_cols[None, :], other=0.0)
+        acc += tl.dot(a, b)
+    return acc
+
+
+def _conv1x1_part(acc, x_ptr, C, w_ptr, w_row0, COUT, rows, cols, in_rows, in_cols, BLOCK_K: tl.constexpr):
+    """acc += the 1x1 convolution of one C-channel NHWC block, weights from packed row w_row0 on."""
+    ks = tl.arange(0, BLOCK_K)
+    for c0 in range(0, C, BLOCK_K):
+        a = tl.load(x_ptr + rows[:, None] * C + (c0 + ks)[None, :], mask=in_rows[:, None], other=0.0)
+        b = tl.load(w_ptr + (w_row0 + c0 + ks)[:, None] * COUT + cols[None, :], mask=in_cols[None, :], other=0.0)
+        acc += tl.dot(a, b)
+    return acc
+
+
+def _epilogue(acc, pix, h, w, H, W, cols, in_cols, ok_rows, bias_ptr, res_ptr, out_ptr, COUT,
+              BIAS_TABLE: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr):
+    """out[pix] = [silu](acc + bias) [+ residual] for the output pixels ``pix`` at (h, w)."""
+    both = ok_rows[:, None] & in_cols[None, :]
+    if BIAS_TABLE:  # [3, 3, COUT]: the bias by border class (first / inside / last row and column)
+        cls = (tl.where(h == 0, 0, tl.where(h == H - 1, 2, 1)) * 3
+               + tl.where(w == 0, 0, tl.where(w == W - 1, 2, 1)))
+        acc += tl.load(bias_ptr + cls[:, None] * COUT + cols[None, :], mask=both, other=0.0)
+    else:
+        acc += tl.load(bias_ptr + cols, mask=in_cols, other=0.0)[None, :]
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    if RESIDUAL:
+        acc += tl.load(res_ptr + pix[:, None] * COUT + cols[None, :], mask=both, other=0.0).to(tl.float32)
+    tl.store(out_ptr + pix[:, None] * COUT + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=both)
+
+
+def _fused_conv_kernel(
+    xa_ptr, xb_ptr, sa_ptr, sb_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
+    M, H, W, CA, CB, SA, SB, COUT,
+    HAS_B: tl.constexpr, HAS_SA: tl.constexpr, HAS_SB: tl.constexpr,
+    BIAS_TABLE: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CACHE: tl.constexpr,
+):
+    """Tiles of BLOCK_M flattened output pixels: each tap's neighbours loaded from global memory."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels (n, h, w) flattened
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels
+    in_rows = rows < M
+    in_cols = cols < COUT
+    hw = rows % (H * W)
+    h = hw // W
+    w = hw % W
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _conv3x3_part(acc, xa_ptr, CA, w_ptr, 0, COUT, rows, cols, in_rows, in_cols, h, w, H, W, BLOCK_K, CACHE)
+    if HAS_B:  # the second block of a concatenation (an up block's skip)
+        acc = _conv3x3_part(acc, xb_ptr, CB, w_ptr, 9 * CA, COUT, rows, cols, in_rows, in_cols, h, w, H, W,
+                            BLOCK_K, CACHE)
+    if HAS_SA:  # 1x1 shortcut
+        acc = _conv1x1_part(acc, sa_ptr, SA, w_ptr, 9 * (CA + CB), COUT, rows, cols, in_rows, in_cols, BLOCK_K)
+    if HAS_SB:
+        acc = _conv1x1_part(acc, sb_ptr, SB, w_ptr, 9 * (CA + CB) + SA, COUT, rows, cols, in_rows, in_cols,
+                            BLOCK_K)
+    _epilogue(acc, rows, h, w, H, W, cols, in_cols, in_rows, bias_ptr, res_ptr, out_ptr, COUT,
+              BIAS_TABLE, SILU, RESIDUAL)
+
+
+if triton is not None:  # compiled on first launch (or interpreted under TRITON_INTERPRET=1)
+    _conv3x3_part = triton.jit(_conv3x3_part)
+    _conv1x1_part = triton.jit(_conv1x1_part)
+    _epilogue = triton.jit(_epilogue)
+    _fused_conv_kernel = triton.jit(_fused_conv_kernel)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1 before Triton's import)."""
+    return triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
+               skip: torch.Tensor | None = None, shortcut: tuple[torch.Tensor, ...] = (),
+               residual: torch.Tensor | None = None, silu: bool = False,
+               tiles: Tiles | None = None) -> torch.Tensor:
+    """``[silu](conv3x3(cat[x, skip]) + conv1x1(cat[shortcut]) + bias) [+ residual]`` on NHWC tensors.
+
+    x, skip: [N, H, W, C] (skip optional); shortcut: zero to two [N, H, W, C] tensors seen through
+    1x1 convolutions; weight: ``pack_weights`` of the blocks in that order; bias (float32): [C_out],
+    or [3, 3, C_out] by border class (``border_table`` of a bias map); residual: [N, H, W, C_out].
+    Returns [N, H, W, C_out] in x's dtype.
+    """
+    n, hh, ww, ca = x.shape
+    cb = skip.shape[-1] if skip is not None else 0
+    if len(shortcut) > 2:
+        raise ValueError("at most two shortcut blocks")
+    sa = shortcut[0].shape[-1] if len(shortcut) > 0 else 0
+    sb = shortcut[1].shape[-1] if len(shortcut) > 1 else 0
+    c_out = weight.shape[1]
+    if weight.shape[0] != 9 * (ca + cb) + sa + sb:
+        raise ValueError(f"packed weight has {weight.shape[0]} rows, expected 9 * ({ca} + {cb}) + {sa} + {sb}")
+    for t in (x, skip, *shortcut, residual):
+        if t is not None and (t.shape[:3] != (n, hh, ww) or not t.is_contiguous() or t.device != x.device):
+            raise ValueError(f"every activation must be a contiguous [N, H, W, C] tensor of shape "
+                             f"({n}, {hh}, {ww}, C) on {x.device}; got {tuple(t.shape)}")
+    if residual is not None and residual.shape[-1] != c_out:
+        raise ValueError(f"residual has {residual.shape[-1]} channels, the output {c_out}")
+    table = bias.dim() > 1
+    if bias.shape != ((3, 3, c_out) if table else (c_out,)):
+        raise ValueError(f"bias must be [{c_out}] or a border table [3, 3, {c_out}], got {tuple(bias.shape)}")
+    t = tiles or TUNED.get(launch_key(x, weight, bias, skip=skip, shortcut=shortcut, residual=residual, silu=silu)) \
+        or default_tiles(c_out, (ca, cb, sa, sb), n * hh * ww)
+    if any(c % t.block_k for c in (ca, cb, sa, sb)) or t.block_k < 16:
+        raise ValueError(f"channel counts {(ca, cb, sa, sb)} must be multiples of block_k={t.block_k} (>= 16)")
+    if triton is None:
+        raise RuntimeError("the fused convolution needs Triton (pip install triton)")
+    if x.device.type != "cuda" and not interpreting():
+        raise RuntimeError("the fused convolution runs on CUDA (or, for tests, under TRITON_INTERPRET=1)")
+    out = torch.empty(n, hh, ww, c_out, device=x.device, dtype=x.dtype)
+    launch = {} if interpreting() else {"num_warps": t.num_warps, "num_stages": t.num_stages}
+    tensors = (x, skip if skip is not None else x, shortcut[0] if sa else x, shortcut[1] if sb else x,
+               weight, bias, residual if residual is not None else x, out)
+    grid = (triton.cdiv(n * hh * ww, t.block_m), triton.cdiv(c_out, t.block_n))
+    _fused_conv_kernel[grid](*tensors, n * hh * ww, hh, ww, ca, cb, sa, sb, c_out,
+                             HAS_B=cb > 0, HAS_SA=sa > 0, HAS_SB=sb > 0, BIAS_TABLE=table, SILU=silu,
+                             RESIDUAL=residual is not None, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+                             BLOCK_K=t.block_k, CACHE=t.cache, **launch)
+    return out
+
+
+def reference_conv(x, weight3: list[torch.Tensor], weight1: list[torch.Tensor], bias, *, skip=None,
+                   shortcut=(), residual=None, silu=False) -> torch.Tensor:
+    """What ``fused_conv`` computes, written with PyTorch's convolutions (NHWC in and out; float64
+    friendly): the specification the kernel is tested against."""
+    if bias.dim() > 1:
+        bias = expand_border_table(bias, x.shape[1], x.shape[2])
+    nchw = lambda t: t.permute(0, 3, 1, 2)  # noqa: E731
+    inputs = [x] + ([skip] if skip is not None else [])
+    y = sum(torch.nn.functional.conv2d(nchw(t), w, padding=1) for t, w in zip(inputs, weight3))
+    for t, w in zip(shortcut, weight1):
+        y = y + torch.nn.functional.conv2d(nchw(t), w)
+    y = y.permute(0, 2, 3, 1) + bias
+    if silu:
+        y = torch.nn.functional.silu(y)
+    if residual is not None:
+        y = y + residual
+    return y

@@ -1,0 +1,149 @@
+"""The fused sampling convolution (diffusion_core/fused_conv.py) and the fused U-Net built from it
+(diffusion_core/fused_unet.py), run under Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1): every operand combination against PyTorch's convolutions, the whole network
+against the network it was built from, and the errors a caller can cause. In float32/float64: the
+interpreter's bf16 matrix product is not numerically meaningful (bf16 agreement is checked on a GPU
+by bench/bench_fused.py)."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import torch.nn.functional as F  # noqa: E402
+
+from diffusion_core import fused_conv as fc  # noqa: E402
+from diffusion_core import fused_resample as fr  # noqa: E402
+from diffusion_core.fused_unet import FusedUNet, fusable  # noqa: E402
+from diffusion_core.unet import UNet, UNetConfig  # noqa: E402
+
+TILES = {"small tiles": fc.Tiles(block_m=32, block_n=32, block_k=16),  # several programs, ragged edges
+         "one tile": fc.Tiles(block_m=128, block_n=64, block_k=16)}  # all 70 pixels and 48 channels in one
+
+
+def _operands(n=2, h=5, w=7, ca=32, cb=16, c_out=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(x=r(n, h, w, ca), skip=r(n, h, w, cb), w3a=r(c_out, ca, 3, 3) / 10, w3b=r(c_out, cb, 3, 3) / 10,
+                w1a=r(c_out, ca, 1, 1) / 5, w1b=r(c_out, cb, 1, 1) / 5, bias=r(c_out), bias_table=r(3, 3, c_out),
+                residual=r(n, h, w, c_out))
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+@pytest.mark.parametrize("kernel", list(TILES))
+@pytest.mark.parametrize("with_skip", [False, True])
+@pytest.mark.parametrize("epilogue", ["bias", "bias table + silu", "shortcut 1x1", "residual"])
+def test_fused_conv_matches_pytorch(kernel, with_skip, epilogue):
+    o = _operands()
+    skip = o["skip"] if with_skip else None
+    w3 = [o["w3a"], o["w3b"]] if with_skip else [o["w3a"]]
+    shortcut, w1, residual, bias, silu = (), [], None, o["bias"], False
+    if epilogue == "bias table + silu":
+        bias, silu = o["bias_table"], True
+    elif epilogue == "shortcut 1x1":
+        shortcut, w1 = ((o["x"], o["skip"]), [o["w1a"], o["w1b"]]) if with_skip else ((o["x"],), [o["w1a"]])
+    elif epilogue == "residual":
+        residual = o["residual"]
+    out = fc.fused_conv(o["x"], fc.pack_weights(w3, w1), bias, skip=skip, shortcut=shortcut,
+                        residual=residual, silu=silu, tiles=TILES[kernel])
+    ref = fc.reference_conv(o["x"], w3, w1, bias, skip=skip, shortcut=shortcut, residual=residual, silu=silu)
+    assert out.shape == ref.shape == (2, 5, 7, 48)
+    assert ref.abs().max() > 1
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weights_are_tap_major_then_channel():
+    w3 = torch.randn(4, 3, 3, 3)
+    w1 = torch.randn(4, 2, 1, 1)
+    packed = fc.pack_weights([w3], [w1])
+    assert packed.shape == (9 * 3 + 2, 4)
+    for dy in range(3):
+        for dx in range(3):
+            for c in range(3):
+                torch.testing.assert_close(packed[(3 * dy + dx) * 3 + c], w3[:, c, dy, dx])
+    torch.testing.assert_close(packed[27:], w1[:, :, 0, 0].t())
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_fused_conv_rejects_what_it_cannot_compute():
+    o = _operands()
+    packed = fc.pack_weights([o["w3a"]], [])
+    with pytest.raises(ValueError, match="packed weight has"):
+        fc.fused_conv(o["x"], packed, o["bias"], skip=o["skip"])
+    with pytest.raises(ValueError, match="contiguous"):
+        fc.fused_conv(o["x"].transpose(1, 2).contiguous().transpose(1, 2), packed, o["bias"])
+    with pytest.raises(ValueError, match="bias must be"):
+        fc.fused_conv(o["x"], packed, torch.zeros(5, 7, 48))
+    x = torch.randn(2, 5, 7, 24)
+    with pytest.raises(ValueError, match="multiples of block_k"):
+        fc.fused_conv(x, fc.pack_weights([torch.randn(48, 24, 3, 3)], []), o["bias"])
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+@pytest.mark.parametrize("shape", [(2, 5, 7, 48), (1, 1, 1, 16), (3, 8, 6, 130)])
+def test_resampling_kernels_match_pytorch(shape):
+    x = torch.randn(*shape)
+    nchw = x.permute(0, 3, 1, 2)
+    up = fr.upsample2x(x)
+    assert up.shape == (shape[0], 2 * shape[1], 2 * shape[2], shape[3]) and up.is_contiguous()
+    torch.testing.assert_close(up, F.interpolate(nchw, scale_factor=2, mode="bilinear",
+                                                 align_corners=False).permute(0, 2, 3, 1))
+    if shape[1] % 2 == 0 and shape[2] % 2 == 0:
+        torch.testing.assert_close(fr.avgpool2x(x), F.avg_pool2d(nchw, 2).permute(0, 2, 3, 1))
+    else:
+        with pytest.raises(ValueError, match="even height and width"):
+            fr.avgpool2x(x)
+    with pytest.raises(ValueError, match="contiguous NHWC"):
+        fr.upsample2x(torch.randn(2, 4, 6, 16).transpose(1, 2))
+
+
+def test_border_table_round_trip():
+    """A 3x3 convolution of a constant with zero padding is a function of the border class."""
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    for h, wd in [(1, 1), (2, 3), (5, 7)]:
+        bias_map = torch.nn.functional.conv2d(torch.ones(1, 4, h, wd, dtype=torch.float64), w,
+                                              padding=1)[0].permute(1, 2, 0)
+        table = fc.border_table(bias_map)
+        assert table.shape == (3, 3, 6)
+        torch.testing.assert_close(fc.expand_border_table(table, h, wd), bias_map)
+
+
+def _network(config: UNetConfig) -> UNet:
+    torch.manual_seed(0)
+    net = UNet(config).double()
+    torch.nn.init.normal_(net.head.weight, std=0.1)  # a zero head would make the comparison trivial
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-2, 2)
+            m.running_var.uniform_(0.2, 5)
+    return net.eval()
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+@pytest.mark.parametrize("config", [
+    UNetConfig(widths=(16, 32, 48), block_depth=2, image_size=8, embedding_dims=16),
+    UNetConfig(widths=(16, 32), block_depth=1, image_size=8, embedding_dims=16, attention_resolutions=(4,)),
+])
+def test_fused_network_computes_the_network(config):
+    net = _network(config)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fused = FusedUNet(net, torch.float64)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    v = torch.rand(2, dtype=torch.float64)
+    with torch.inference_mode():
+        ref, out = net(x, v), fused(x, v)
+    assert out.shape == ref.shape and out.dtype == torch.float64
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)  # float32 accumulation in the kernel
+    for k, t in net.state_dict().items():
+        assert torch.equal(t, before[k]), k
+    with pytest.raises(ValueError, match="takes 8x8 images"):
+        fused(torch.zeros(1, 3, 16, 16, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+
+
+def test_networks_with_narrow_channels_are_not_fused():
+    net = UNet(UNetConfig(widths=(8, 16), block_depth=1, image_size=8)).eval()
+    assert not fusable(net)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        FusedUNet(net)
+    assert fusable(UNet(UNetConfig(widths=(32, 64), block_depth=1, image_size=8)).eval())
