@@ -1,6 +1,6 @@
 """Sampling throughput: 50-step DDIM of 256 images with our sampler (float32; bf16 autocast;
-bf16 + channels_last; + compiled network; + BatchNorm folded, the app's CUDA path; + both, the
-CLI's for long jobs) and with diffusers' DDIM loop;
+bf16 + channels_last; + compiled network; + BatchNorm folded; + both; the fused Triton network as
+a CUDA graph, the CLI's CUDA path for long jobs) and with diffusers' DDIM loop;
 the check that the optimised sampler gives the float32 images; and the grid overhead of the
 sampler (a 4-image grid against bare network calls), the figure that matters on a CPU.
 
@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from bench import peers
-from bench.common import (REFERENCE, TINY, Case, Row, Settings, describe, forward_gflop_per_image,
+from bench.common import (REFERENCE, TINY, Case, Row, Settings, Unavailable, describe, forward_gflop_per_image,
                           full_fp32, main, measure, synchronize)
 from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.config import ExperimentConfig
 from diffusion_core.folding import fold_batchnorm
+from diffusion_core.fused_unet import CudaGraphed, FusedUNet, fused_available
 from diffusion_core.generate import generate
 from diffusion_core.model import Denoiser, PixelNormalization
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps, seed_noise
@@ -34,18 +35,20 @@ from diffusion_core.schedules import ScheduleConfig
 from diffusion_core.unet import UNet, UNetConfig, count_parameters
 
 REL_L2_TOLERANCE = 2.0**-6  # four bf16 roundings
-VARIANTS = {  # our sampler: label -> (autocast, channels_last, BatchNorm folded, torch.compile), as in the table
-    "fp32": (None, False, False, False),
-    "bf16": (torch.bfloat16, False, False, False),
-    "bf16_cl": (torch.bfloat16, True, False, False),
-    "bf16_cl_compiled": (torch.bfloat16, True, False, True),
-    "bf16_cl_folded": (torch.bfloat16, True, True, False),  # what LoadedModel.denoiser runs on CUDA
-    "bf16_cl_folded_compiled": (torch.bfloat16, True, True, True),  # ... and generate() for long jobs
+VARIANTS = {  # our sampler: label -> (autocast, channels_last, network, torch.compile), as in the table
+    "fp32": (None, False, "plain", False),
+    "bf16": (torch.bfloat16, False, "plain", False),
+    "bf16_cl": (torch.bfloat16, True, "plain", False),
+    "bf16_cl_compiled": (torch.bfloat16, True, "plain", True),
+    "bf16_cl_folded": (torch.bfloat16, True, "folded", False),  # LoadedModel.denoiser() on CUDA: the app's
+    "bf16_cl_folded_compiled": (torch.bfloat16, True, "folded", True),  # torch.compile, where Triton cannot run
+    "bf16_fused": (torch.bfloat16, True, "fused", False),  # denoiser(compile=True): generate() for long jobs
 }
 LABELS = {"fp32": "fp32", "bf16": "bf16", "bf16_cl": "bf16 + channels_last",
           "bf16_cl_compiled": "bf16 + channels_last + compiled",
           "bf16_cl_folded": "bf16 + channels_last + folded BatchNorm",
-          "bf16_cl_folded_compiled": "bf16 + channels_last + folded BatchNorm + compiled"}
+          "bf16_cl_folded_compiled": "bf16 + channels_last + folded BatchNorm + compiled",
+          "bf16_fused": "bf16 + fused Triton kernels, CUDA graph"}
 
 
 def random_network(config: UNetConfig, device: torch.device) -> UNet:
@@ -82,16 +85,20 @@ def ours(settings: Settings, variant: str, outputs: dict[str, torch.Tensor]) -> 
     whereas a random eps-predictor makes x0 = (x_t - sigma eps) / alpha about 50 times the noise at
     the first step and saturates every pixel. The cost is the same either way."""
     network, n, steps = sizes(settings)
-    autocast, channels_last, fold, compile = VARIANTS[variant]
+    autocast, channels_last, kind, compile = VARIANTS[variant]
     net = random_network(network, settings.device)
+    if kind == "fused" and not fused_available(net):
+        raise Unavailable("the fused kernels need CUDA and Triton")
     gflop = unet_gflop(net, settings.device)
     params = count_parameters(net)
     x_T = seed_noise(range(n), (3, network.image_size, network.image_size), settings.device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x_T = x_T.contiguous(memory_format=torch.channels_last)
-    if fold:
+    if kind == "folded":
         net = fold_batchnorm(net)
+    elif kind == "fused":
+        net = CudaGraphed(FusedUNet(net))
     if compile:
         net = torch.compile(net)
     denoiser = Denoiser(net, "v", PixelNormalization(), autocast)
@@ -104,8 +111,9 @@ def ours(settings: Settings, variant: str, outputs: dict[str, torch.Tensor]) -> 
     with full_fp32(settings.device) if autocast is None else contextlib.nullcontext():
         timing = measure(run, n, settings)
     note = ", ".join(["bf16 autocast" if autocast else "fp32, TF32 off"] + ["channels_last"] * channels_last
-                     + ["BatchNorm folded"] * fold
-                     + [f"compiled; first call {timing.first_call_s:.1f} s" if compile else "eager"])
+                     + {"plain": [], "folded": ["BatchNorm folded"],
+                        "fused": [f"fused Triton kernels as a CUDA graph; first call {timing.first_call_s:.1f} s"]}[kind]
+                     + [f"compiled; first call {timing.first_call_s:.1f} s" if compile else "eager"] * (kind != "fused"))
     return Row(params=params, gflop_per_image=gflop, passes=steps, images_per_s=timing.images_per_s,
                note=note)
 
@@ -166,11 +174,11 @@ def grid_overhead(settings: Settings) -> Row:
     config = SamplerConfig("ddim", steps)
     x = seed_noise(seeds, model.image_shape, settings.device)
     variance = torch.full((len(seeds),), 0.5, device=settings.device)
+    denoiser = model.denoiser()  # what the grid runs: the fused kernels on CUDA, the folded network on a CPU
 
-    def bare() -> torch.Tensor:  # the network the grid runs: BatchNorm folded (LoadedModel.sampling_network)
-        with torch.inference_mode():
-            for _ in range(steps):
-                out = model.sampling_network(x, variance)
+    def bare() -> torch.Tensor:
+        for _ in range(steps):
+            out = denoiser.network_output(x, variance)
         return out
 
     grid = partial(generate, model, seeds, config)

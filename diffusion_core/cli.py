@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .generate import COMPILE_MIN_CALLS
+from .generate import COMPILE_MIN_CALLS, FUSED_MIN_CALLS
 from .samplers import SAMPLERS
 from .training import COMPILE_MODES
 
@@ -40,8 +40,11 @@ def _add_sampler_flags(p: argparse.ArgumentParser, default_steps: int = 50) -> N
 
 def _add_sampling_compile_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the network (default: on CUDA for jobs of at least "
-                        f"{COMPILE_MIN_CALLS} network calls, batches x steps; each batch shape compiles once)")
+                   help="a compiled sampling network: on CUDA the fused Triton kernels (their first use on "
+                        "a machine compiles them, about 25 s, then cached on disk; DIFFUSION_EXPLORER_FUSED=0 "
+                        "turns them off), where they cannot run torch.compile. Default: on for CUDA jobs of "
+                        f"at least {FUSED_MIN_CALLS} network calls (batches x steps; {COMPILE_MIN_CALLS} "
+                        "for torch.compile)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ fused: ``fusable`` says so and the caller keeps the folded network.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
@@ -103,11 +104,13 @@ class FusedUNet(nn.Module):
             return nn.Sequential(FusedBlock(residual, skip_channels, dtype), attention.to(dtype))
         return FusedBlock(block, skip_channels, dtype)
 
-    @staticmethod
-    def _run(block: nn.Module, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    def _run(self, block: nn.Module, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(block, nn.Sequential):
             fused, attention = block
-            return _nhwc(attention(_nchw(fused(x, skip))))
+            h = fused(x, skip)
+            # attention as the unfused network runs it under autocast (GroupNorm and softmax in float32)
+            with torch.autocast(h.device.type, dtype=self.dtype, enabled=self.dtype in (torch.bfloat16, torch.float16)):
+                return _nhwc(attention(_nchw(h))).to(self.dtype)
         return block(x, skip)
 
     def forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
@@ -149,6 +152,14 @@ def fusable(network: UNet) -> bool:
     return all(w % 16 == 0 for w in c.widths) and c.embedding_dims % 16 == 0
 
 
+def fused_available(network: UNet) -> bool:
+    """Whether ``network`` can sample through the fused kernels where it is: on CUDA with Triton,
+    channel counts multiples of 16, and not switched off by DIFFUSION_EXPLORER_FUSED=0."""
+    device = next(network.parameters()).device
+    return (os.environ.get("DIFFUSION_EXPLORER_FUSED", "1") != "0" and fc.available(device)
+            and fusable(network))
+
+
 
 class CudaGraphed(nn.Module):
     """Replays ``network(x, noise_variance)`` as a CUDA graph, one captured graph per input shape
@@ -185,6 +196,10 @@ class CudaGraphed(nn.Module):
                 self.network(static_x, static_v)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the app's other sessions may use the GPU meanwhile, which "global" forbids
+        with _CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_out = self.network(static_x, static_v)
         return graph, static_x, static_v, static_out
+
+
+_CAPTURE_LOCK = threading.Lock()  # one capture at a time in the process

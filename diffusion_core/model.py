@@ -89,12 +89,15 @@ class Denoiser:
     The network is conditioned on the noise variance sigma^2 and predicts eps or v; it runs under
     autocast to ``sampling_autocast(autocast)`` (bf16 on CUDA by default). Never mutates the network.
     ``compile``: run the network through ``torch.compile`` (static shapes; one compilation per
-    batch shape, shared by every Denoiser of the same network); if compiling or the compiled call
-    fails, this Denoiser says so on stderr and runs the network eagerly from then on.
+    batch shape, shared by every Denoiser of the same network). ``fast``: a faster module that
+    computes what ``network`` computes (the fused sampling network), run instead of it. If
+    compiling, the compiled call or ``fast`` fails, this Denoiser says so on stderr and runs the
+    network eagerly from then on.
     """
 
     def __init__(self, network: UNet, prediction: str, normalization: PixelNormalization,
-                 autocast: torch.dtype | str | None = AUTO, compile: bool = False):
+                 autocast: torch.dtype | str | None = AUTO, compile: bool = False,
+                 fast: torch.nn.Module | None = None):
         self.network = network
         self.prediction = prediction
         self.normalization = normalization
@@ -102,8 +105,8 @@ class Denoiser:
         self.autocast = sampling_autocast(autocast, self.device)
         self.x0_range = normalization.x0_range(self.device)
         self.calls = 0  # network evaluations, for the benchmarks and the UI
-        self._forward = network
-        if compile:
+        self._forward = fast if fast is not None else network
+        if compile and fast is None:
             try:
                 self._forward = torch.compile(network, dynamic=False)
             except Exception as e:  # noqa: BLE001 - no backend on this platform
@@ -123,9 +126,9 @@ class Denoiser:
         return torch.autocast(self.device.type, dtype=self.autocast)
 
     @torch.inference_mode()
-    def __call__(self, x_t: torch.Tensor, signal: float, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x_t.shape[0]
-        variance = torch.full((n,), noise**2, device=x_t.device, dtype=torch.float32)
+    def network_output(self, x_t: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        """The network's prediction for ``x_t`` at noise variances ``variance`` [N], as float32,
+        computed as this Denoiser computes it (layout, autocast, the fast or compiled network)."""
         if self.device.type == "cuda":
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._context():
@@ -136,7 +139,12 @@ class Denoiser:
                     raise
                 self._compile_failed(e)
                 out = self.network(x_t, variance)
-        out = out.float()
+        return out.float()
+
+    @torch.inference_mode()
+    def __call__(self, x_t: torch.Tensor, signal: float, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+        variance = torch.full((x_t.shape[0],), noise**2, device=x_t.device, dtype=torch.float32)
+        out = self.network_output(x_t, variance)
         self.calls += 1
         if self.prediction == "v":
             return D.eps_x0_from_v(x_t, out, signal, noise)

@@ -52,12 +52,16 @@ def test_a_compile_that_fails_falls_back_to_eager_once(model, monkeypatch, capsy
     assert err.count("compiled sampling failed (RuntimeError: no C++ compiler); sampling eagerly") == 1
 
 
-def test_compiling_pays_on_cuda_from_the_call_count():
+def _fake(device, size=64):
+    return SimpleNamespace(device=torch.device(device), network=None,
+                           experiment=SimpleNamespace(network=SimpleNamespace(image_size=size)))
+
+
+def test_compiling_pays_on_cuda_from_the_call_count(monkeypatch):
     """Network calls = batches x steps, a batch being MAX_BATCH_PIXELS of the model's resolution
-    (256 images at 64 px)."""
-    def fake(device, size=64):
-        return SimpleNamespace(device=torch.device(device),
-                               experiment=SimpleNamespace(network=SimpleNamespace(image_size=size)))
+    (256 images at 64 px); where the fused kernels cannot run, torch.compile's threshold."""
+    monkeypatch.setattr(G, "fused_available", lambda network: False)
+    fake = _fake
 
     ddim50, ddpm1000 = SamplerConfig("ddim", 50), SamplerConfig("ddpm", 1000)
     assert G._chunk_size(fake("cuda")) == 256
@@ -70,6 +74,18 @@ def test_compiling_pays_on_cuda_from_the_call_count():
     assert not G.compile_pays(fake("cuda", 128), 2911, ddim50)  # 64 per batch at 128 px: 46 x 50
     assert G.compile_pays(fake("cuda", 128), 50_000, ddim50)  # 782 x 50
     assert not G.compile_pays(fake("cpu"), 50_000, ddpm1000)  # never on a CPU
+
+
+def test_compiling_pays_sooner_where_the_fused_kernels_run(monkeypatch):
+    """The fused kernels' threshold, only for bf16 sampling (they have no float32 version)."""
+    monkeypatch.setattr(G, "fused_available", lambda network: True)
+    ddim50 = SamplerConfig("ddim", 50)
+    assert G.FUSED_MIN_CALLS == 1_000
+    assert not G.compile_pays(_fake("cuda"), 2911, ddim50)  # the FID protocol: 12 x 50 = 600
+    assert not G.compile_pays(_fake("cuda"), 19 * 256, ddim50)  # 950 calls
+    assert G.compile_pays(_fake("cuda"), 19 * 256 + 1, ddim50)  # 20 x 50 = 1,000
+    assert not G.compile_pays(_fake("cuda"), 19 * 256 + 1, ddim50, autocast=None)  # float32: torch.compile's rule
+    assert not G.compile_pays(_fake("cpu"), 50_000, ddim50)
 
 
 @pytest.mark.parametrize("command", ["sample", "evaluate"])

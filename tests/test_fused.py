@@ -147,3 +147,68 @@ def test_networks_with_narrow_channels_are_not_fused():
     with pytest.raises(ValueError, match="multiples of 16"):
         FusedUNet(net)
     assert fusable(UNet(UNetConfig(widths=(32, 64), block_depth=1, image_size=8)).eval())
+
+
+# --- where the fused network is used ------------------------------------------------------------
+def _fusable_model(tmp_path):
+    import dataclasses
+
+    from diffusion_core.checkpoint import load_checkpoint
+    from tests.helpers import make_tiny_checkpoint
+    model = load_checkpoint(make_tiny_checkpoint(tmp_path))
+    net = _network(UNetConfig(widths=(16, 32), block_depth=1, image_size=16, embedding_dims=16)).float()
+    return dataclasses.replace(model, network=net)
+
+
+def test_the_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
+    from diffusion_core import checkpoint as C
+    from diffusion_core import fused_unet
+    model = _fusable_model(tmp_path)
+    assert not fused_unet.fused_available(model.network)  # a CPU
+    assert model.denoiser(torch.bfloat16, compile=True)._forward is not model.sampling_network  # torch.compile
+    monkeypatch.setattr(fc, "available", lambda device: True)
+    assert fused_unet.fused_available(model.network)
+    assert not fused_unet.fused_available(UNet(UNetConfig(widths=(8, 16), block_depth=1, image_size=8)))
+    monkeypatch.setenv("DIFFUSION_EXPLORER_FUSED", "0")
+    assert not fused_unet.fused_available(model.network)
+    monkeypatch.delenv("DIFFUSION_EXPLORER_FUSED")
+
+    monkeypatch.setattr(C, "CudaGraphed", lambda network: network)  # CUDA graphs need CUDA
+    fresh = _fusable_model(tmp_path)
+    fast = fresh.denoiser(torch.bfloat16, compile=True)
+    assert isinstance(fast._forward, FusedUNet) and fast._forward.dtype == torch.bfloat16 and fast.compiled
+    assert fresh.denoiser(torch.bfloat16, compile=True)._forward is fast._forward  # built once
+    assert fresh.denoiser(torch.bfloat16)._forward is fresh.sampling_network  # not asked: eager
+    assert fresh.denoiser(None, compile=True)._forward is not fast._forward  # float32: torch.compile, no bf16 kernels
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_a_denoiser_samples_the_same_through_the_fused_network(tmp_path):
+    from diffusion_core.model import Denoiser
+    from diffusion_core.samplers import SamplerConfig, sample, sample_steps
+    model = _fusable_model(tmp_path)
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    images = []
+    for fast in (None, FusedUNet(model.network, torch.float32)):
+        d = Denoiser(model.sampling_network, "eps", model.normalization, None, fast=fast)
+        images.append(sample(sample_steps(d, model.experiment.schedule, x_T, SamplerConfig("ddim", 3))))
+        assert d.calls == 3
+    assert images[0].abs().max() > 0.1
+    torch.testing.assert_close(images[1], images[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_fused_network_falls_back_to_eager_with_a_message(tmp_path, capsys):
+    from diffusion_core.model import Denoiser
+    model = _fusable_model(tmp_path)
+
+    class Broken(torch.nn.Module):
+        def forward(self, x, v):
+            raise RuntimeError("no kernel for this card")
+
+    x = torch.randn(2, 3, 16, 16)
+    fast = Denoiser(model.sampling_network, "eps", model.normalization, None, fast=Broken())
+    eager = Denoiser(model.sampling_network, "eps", model.normalization, None)
+    for _ in range(2):  # the second call goes straight to eager
+        torch.testing.assert_close(fast(x, 0.8, 0.6), eager(x, 0.8, 0.6))
+    assert capsys.readouterr().err.count("no kernel for this card") == 1
+    assert not fast.compiled
