@@ -43,8 +43,10 @@ except ImportError:  # a CPU-only install without Triton: the fused path is simp
 
 
 def available(device: torch.device) -> bool:
-    """Whether the fused kernels can run compiled on ``device`` (CUDA with Triton)."""
-    return triton is not None and device.type == "cuda"
+    """Whether the fused kernels can run compiled on ``device``: CUDA with Triton, and a GPU with
+    bf16 tensor cores (compute capability 8.0 or newer: A100, RTX 30xx, H100, ...)."""
+    return (triton is not None and device.type == "cuda" and torch.cuda.is_available()
+            and torch.cuda.get_device_capability(device) >= (8, 0))
 
 
 @dataclass(frozen=True)
