@@ -28,7 +28,7 @@ from torch import nn
 from . import fused_conv as fc
 from . import fused_resample as fr
 from .folding import FoldedResidualBlock, fold_batchnorm
-from .unet import UNet, sinusoidal_embedding
+from .unet import UNet, noise_embedding
 
 
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -121,10 +121,7 @@ class FusedUNet(nn.Module):
     def _forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
         c = self.config
         n, _, h, w = x.shape
-        if (h, w) != (c.image_size, c.image_size):
-            raise ValueError(f"this network takes {c.image_size}x{c.image_size} images, got {h}x{w}")
-        e = sinusoidal_embedding(noise_variance.reshape(n), c.embedding_dims,
-                                 c.embedding_min_frequency, c.embedding_max_frequency).to(self.dtype)
+        e = noise_embedding(c, x, noise_variance).to(self.dtype)
         stem = _nhwc(self.stem(x.to(self.dtype)))
         x = torch.cat([stem, e[:, None, None, :].expand(n, h, w, c.embedding_dims)], dim=3)
         skips = []

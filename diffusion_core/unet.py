@@ -71,6 +71,16 @@ def sinusoidal_embedding(noise_variance: torch.Tensor, dims: int, min_freq: floa
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+def noise_embedding(config: UNetConfig, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
+    """The [N x E] embedding of the noise variances [N] of the batch ``x`` [N x C x S x S], once
+    x's size is checked against the network's."""
+    n, _, h, w = x.shape
+    if (h, w) != (config.image_size, config.image_size):
+        raise ValueError(f"this network takes {config.image_size}x{config.image_size} images, got {h}x{w}")
+    return sinusoidal_embedding(noise_variance.reshape(n), config.embedding_dims,
+                                config.embedding_min_frequency, config.embedding_max_frequency)
+
+
 def is_channels_last(t: torch.Tensor) -> bool:
     """Whether ``t`` is laid out channels_last (and not also plain contiguous, as 1x1 maps are)."""
     return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
@@ -208,10 +218,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
         c = self.config
         n, _, h, w = x.shape
-        if (h, w) != (c.image_size, c.image_size):
-            raise ValueError(f"this network takes {c.image_size}x{c.image_size} images, got {h}x{w}")
-        e = sinusoidal_embedding(noise_variance.reshape(n), c.embedding_dims,
-                                 c.embedding_min_frequency, c.embedding_max_frequency)  # [N x E]
+        e = noise_embedding(c, x, noise_variance)  # [N x E]
         stem = self.stem(x)
         # in the stem's dtype: under autocast a float32 embedding made the concatenation and the
         # first block's BatchNorm float32 (the convolutions round their inputs to bf16 anyway)
