@@ -1,12 +1,14 @@
 """One fused convolution kernel for sampling on CUDA (Triton): a 3x3 convolution of up to two
-channel blocks, plus up to two 1x1 blocks, plus bias (or bias map), SiLU and a residual, in one pass.
+channel blocks, plus up to two 1x1 blocks, plus a bias (per channel, or per channel and border
+class: ``border_table``), SiLU and a residual, in one pass.
 
 Why: sampling the reference U-Net is bound by memory traffic, not FLOPs (docs/performance.md,
 "The ceilings"): cuDNN runs each narrow convolution as its own kernel and every bias addition,
 SiLU, skip concatenation and residual addition around it is another read and write of a full
 activation. A residual block of the folded sampling network (``folding.FoldedResidualBlock``),
 
-    h = silu(conv3x3(W1, x) + B1)                      B1: the folded BatchNorm's bias map
+    h = silu(conv3x3(W1, x) + B1)                      B1: the folded BatchNorm's bias map, which
+                                                       takes nine values per channel (border_table)
     y = conv3x3(W2, h) + b2 + shortcut(x)              shortcut: identity or a 1x1 convolution,
 
 becomes two launches of this kernel, and an up block's input ``cat[x, skip]`` is never built:

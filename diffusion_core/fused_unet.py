@@ -1,7 +1,7 @@
 """The U-Net for sampling on CUDA with every residual block as two fused Triton convolutions.
 
-Built from a trained ``UNet`` in eval mode (``FusedUNet(network)``; the network is not modified): BatchNorm folded into conv1
-as in ``folding.py``, then per residual block
+Built from a trained ``UNet`` in eval mode (``FusedUNet(network)``; the network is not modified):
+BatchNorm folded into conv1 as in ``folding.py``, then per residual block
 
     h = silu(conv3x3(W1, [x, skip]) + B1)                        one launch of fused_conv
     y = conv3x3(W2, h) + conv1x1(Ws, [x, skip]) + b2 + bs        one launch (or + x, identity)
