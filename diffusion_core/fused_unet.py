@@ -19,6 +19,7 @@ fused: ``fusable`` says so and the caller keeps the folded network.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -114,8 +115,9 @@ class FusedUNet(nn.Module):
         return block(x, skip)
 
     def forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
-        # every operation in self.dtype: autocast would run the upsampling in float32
-        with torch.autocast(x.device.type, enabled=False):
+        # every operation in self.dtype: autocast would run the upsampling in float32; and on x's
+        # GPU, where Triton launches (it launches on the current device)
+        with _on_device(x.device), torch.autocast(x.device.type, enabled=False):
             return self._forward(x, noise_variance)
 
     def _forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
@@ -137,6 +139,11 @@ class FusedUNet(nn.Module):
             for block in blocks:
                 x = self._run(block, x, skips.pop())
         return self.head(_nchw(x))
+
+
+def _on_device(device: torch.device):
+    """Make ``device`` the current CUDA device (a no-op elsewhere)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _residuals(level: nn.ModuleList) -> list[FoldedResidualBlock]:
@@ -175,7 +182,7 @@ class CudaGraphed(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.stride(), x.dtype, x.device, tuple(noise_variance.shape), noise_variance.dtype)
-        with self._lock:
+        with self._lock, _on_device(x.device):
             if key not in self._graphs:
                 self._graphs[key] = self._capture(x, noise_variance)
             graph, static_x, static_v, static_out = self._graphs[key]
