@@ -212,3 +212,27 @@ def test_a_failing_fused_network_falls_back_to_eager_with_a_message(tmp_path, ca
         torch.testing.assert_close(fast(x, 0.8, 0.6), eager(x, 0.8, 0.6))
     assert capsys.readouterr().err.count("no kernel for this card") == 1
     assert not fast.compiled
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_the_benchmark_sees_every_launch_of_a_call():
+    """bench/bench_fused.py times what one call launches: two convolutions per residual block, a
+    pooling per down level and an upsampling per up level, with their shapes and epilogues."""
+    from bench import bench_fused
+    config = UNetConfig(widths=(16, 32, 48), block_depth=2, image_size=8, embedding_dims=16)
+    fused = FusedUNet(_network(config).float(), torch.float32)
+    originals = (fc.fused_conv, fr.upsample2x, fr.avgpool2x)
+    calls = bench_fused.record_calls(fused, torch.randn(2, 3, 8, 8), torch.rand(2))
+    assert (fc.fused_conv, fr.upsample2x, fr.avgpool2x) == originals  # the spies are gone
+    blocks = 2 * 2 + 2 + 2 * 2  # down, middle, up
+    assert len(calls["conv"]) == 2 * blocks and len(calls["pool"]) == len(calls["upsample"]) == 2
+    whats = [bench_fused.describe_launch(c) for c in calls["conv"]]
+    assert whats[0] == "8x8 3x3 32->16, bias table, silu"  # stem 16 + embedding 16 channels in
+    assert whats[1] == "8x8 3x3 16->16, 1x1 32"
+    assert whats[3] == "8x8 3x3 16->16, + residual"
+    assert whats[-4] == "8x8 3x3 32+16->16, bias table, silu"  # an up block reads [x, skip] in place
+    assert whats[-3] == "8x8 3x3 16->16, 1x1 32+16"
+    assert whats[-2] == "8x8 3x3 16+16->16, bias table, silu"
+    convs = bench_fused.cudnn_convs(calls["conv"][-1])  # its cuDNN counterpart: 3x3 and 1x1 on the concatenation
+    outs = [f() for f in convs]
+    assert [tuple(o.shape) for o in outs] == [(2, 16, 8, 8)] * 2
