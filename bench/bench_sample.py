@@ -88,7 +88,7 @@ def ours(settings: Settings, variant: str, outputs: dict[str, torch.Tensor]) -> 
     autocast, channels_last, kind, compile = VARIANTS[variant]
     net = random_network(network, settings.device)
     if kind == "fused" and not fused_available(net):
-        raise Unavailable("the fused kernels need CUDA and Triton")
+        raise Unavailable("the fused kernels need CUDA on an sm80+ GPU and Triton")
     gflop = unet_gflop(net, settings.device)
     params = count_parameters(net)
     x_T = seed_noise(range(n), (3, network.image_size, network.image_size), settings.device)
