@@ -38,10 +38,12 @@ from diffusion_core.model import Denoiser, PixelNormalization
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps
 from diffusion_core.schedules import ScheduleConfig
 
-SWEEP = [  # block_n comes from the output width
+SWEEP = [  # block_n 0: from the output width, as the default; else at most that
     fc.Tiles(128, 0, 32, 4, 3), fc.Tiles(128, 0, 32, 4, 2, ".ca"), fc.Tiles(64, 0, 32, 4, 3),
     fc.Tiles(128, 0, 64, 4, 3), fc.Tiles(128, 0, 32, 8, 3), fc.Tiles(256, 0, 32, 8, 3),
     fc.Tiles(64, 0, 32, 8, 3),
+    # not yet measured: more, smaller programs for the small maps where the kernel trails cuDNN
+    fc.Tiles(32, 0, 32, 4, 3), fc.Tiles(64, 64, 32, 4, 3), fc.Tiles(32, 64, 32, 2, 3),
 ]
 
 
@@ -144,7 +146,8 @@ def compare_launches(calls: dict[str, list], tune: bool) -> tuple[list[dict], di
         default = fc.default_tiles(launch["out_channels"], channels, x.shape[0] * x.shape[1] * x.shape[2])
         candidates = {default: graph_ms(lambda: fc.fused_conv(*launch["args"], **k, tiles=default))}
         for proto in SWEEP if tune else []:
-            t = fc.Tiles(proto.block_m, default.block_n, proto.block_k, proto.num_warps, proto.num_stages, proto.cache)
+            block_n = min(proto.block_n, default.block_n) if proto.block_n else default.block_n
+            t = fc.Tiles(proto.block_m, block_n, proto.block_k, proto.num_warps, proto.num_stages, proto.cache)
             if t in candidates or any(c % t.block_k for c in channels if c):
                 continue
             try:
