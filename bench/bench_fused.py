@@ -18,6 +18,7 @@ Writes $OUT/bench_fused.json (or --out).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,7 +34,7 @@ from diffusion_core import fused_conv as fc
 from diffusion_core import fused_resample as fr
 from diffusion_core.checkpoint import find_checkpoints, load_checkpoint
 from diffusion_core.folding import fold_batchnorm
-from diffusion_core.fused_unet import CudaGraphed, FusedUNet
+from diffusion_core.fused_unet import CudaGraphed, FusedUNet, nchw_view
 from diffusion_core.model import Denoiser, PixelNormalization
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps
 from diffusion_core.schedules import ScheduleConfig
@@ -114,22 +115,18 @@ def describe_launch(launch: dict) -> str:
     return ", ".join(parts)
 
 
-def _nchw(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(0, 3, 1, 2)
-
-
 def cudnn_convs(launch: dict) -> list:
     """cuDNN's bare convolutions of one launch (channels_last, no bias), as callables."""
     x, _, _ = launch["args"]
     k = launch["kwargs"]
     c_out = launch["out_channels"]
-    inp = _nchw(torch.cat([x, k["skip"]], 3) if k.get("skip") is not None else x)
+    inp = nchw_view(torch.cat([x, k["skip"]], 3) if k.get("skip") is not None else x)
     w3 = torch.randn(c_out, inp.shape[1], 3, 3, device=x.device, dtype=x.dtype).contiguous(
         memory_format=torch.channels_last)
     convs = [lambda: F.conv2d(inp, w3, None, padding=1)]
     if k.get("shortcut"):
         sc = k["shortcut"]
-        s_in = _nchw(torch.cat(list(sc), 3) if len(sc) > 1 else sc[0])
+        s_in = nchw_view(torch.cat(list(sc), 3) if len(sc) > 1 else sc[0])
         w1 = torch.randn(c_out, s_in.shape[1], 1, 1, device=x.device, dtype=x.dtype).contiguous(
             memory_format=torch.channels_last)
         convs.append(lambda: F.conv2d(s_in, w1, None))
@@ -155,15 +152,15 @@ def compare_launches(calls: dict[str, list], tune: bool) -> tuple[list[dict], di
             except Exception as e:  # noqa: BLE001 - e.g. out of shared memory for this tile
                 print(f"  launch {i}: {t} failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
         best = min(candidates, key=candidates.get)
-        best_tiles[fc.launch_key(*launch["args"], **k)] = best
+        best_tiles[launch_key(*launch["args"], **k)] = best
         row = {"what": describe_launch(launch), "fused_ms": candidates[default], "fused_best_ms": candidates[best],
                "best_tiles": best.__dict__, "cudnn_ms": sum(graph_ms(f) for f in cudnn_convs(launch))}
         rows.append(row)
         print(f"{i:2d} {row['what']:<44} fused {1e3 * row['fused_ms']:6.1f} us (best {1e3 * row['fused_best_ms']:6.1f}), "
               f"cuDNN convs {1e3 * row['cudnn_ms']:6.1f} us", flush=True)
-    for kind, torch_op in (("upsample", lambda t: F.interpolate(_nchw(t), scale_factor=2, mode="bilinear",
+    for kind, torch_op in (("upsample", lambda t: F.interpolate(nchw_view(t), scale_factor=2, mode="bilinear",
                                                                   align_corners=False)),
-                           ("pool", lambda t: F.avg_pool2d(_nchw(t), 2))):
+                           ("pool", lambda t: F.avg_pool2d(nchw_view(t), 2))):
         for c in calls[kind]:
             t = c["args"][0]
             triton_fn = fr.upsample2x if kind == "upsample" else fr.avgpool2x
@@ -174,6 +171,29 @@ def compare_launches(calls: dict[str, list], tune: bool) -> tuple[list[dict], di
             print(f"   {row['what']:<44} Triton {1e3 * row['fused_ms']:6.1f} us, PyTorch channels_last "
                   f"{1e3 * row['cudnn_ms']:6.1f} us", flush=True)
     return rows, best_tiles
+
+
+def launch_key(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, skip=None, shortcut=(),
+               residual=None, silu=False) -> tuple:
+    """What a launch's best tiles depend on: sizes, channel blocks and epilogue."""
+    n, h, w, ca = x.shape
+    return (n * h * w, h, w, ca, skip.shape[-1] if skip is not None else 0,
+            tuple(t.shape[-1] for t in shortcut), weight.shape[1], bias.dim() > 1, silu, residual is not None)
+
+
+@contextlib.contextmanager
+def tiles_from(best: dict[tuple, fc.Tiles]):
+    """Within: every fused_conv launch runs with the tiles ``best`` holds for it (the default else)."""
+    real = fc.fused_conv
+
+    def tuned(*args, **kwargs):
+        return real(*args, tiles=best.get(launch_key(*args, **kwargs)), **kwargs)
+
+    fc.fused_conv = tuned
+    try:
+        yield
+    finally:
+        fc.fused_conv = real
 
 
 def first_call_s(build, x, v) -> float:
@@ -249,10 +269,10 @@ def main() -> None:
         calls["fused eager"] = cuda_ms(lambda: fused(x, v))
         calls["fused CUDA graph"] = cuda_ms(lambda: graphed(x, v))
         if a.sweep:
-            fc.TUNED.update(best)
             graphed_tuned = CudaGraphed(fused)
+            with tiles_from(best):
+                graphed_tuned(x, v)  # captured with the tuned tiles; replays launch no Python
             calls["fused CUDA graph, tuned tiles"] = cuda_ms(lambda: graphed_tuned(x, v))
-            fc.TUNED.clear()
     result["call_ms"] = calls
     for k, ms in calls.items():
         print(f"network call, batch {n}: {k:<30} {ms:.3f} ms", flush=True)

@@ -63,7 +63,7 @@ class Tiles:
 
 
 def default_tiles(c_out: int, channels: tuple[int, ...], pixels: int) -> Tiles:
-    """The launch configuration used unless one is given or tuned (from ``bench/bench_fused.py``'s
+    """The launch configuration used unless one is given (from ``bench/bench_fused.py``'s
     sweeps on an H100): 32-channel chunks, 128 pixels per program, 64 where the batch's pixels are
     few (8x8 maps), with 8 warps there for 128 output channels."""
     block_k = 32 if all(c % 32 == 0 for c in channels) else 16
@@ -88,18 +88,6 @@ def expand_border_table(table: torch.Tensor, h: int, w: int) -> torch.Tensor:
     cols = torch.ones(w, dtype=torch.long)
     cols[0], cols[-1] = 0, 2
     return table[rows.to(table.device)][:, cols.to(table.device)]
-
-
-TUNED: dict[tuple, Tiles] = {}  # launch_key -> tiles that a benchmark found faster than the default
-
-
-def launch_key(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, skip: torch.Tensor | None = None,
-               shortcut: tuple[torch.Tensor, ...] = (), residual: torch.Tensor | None = None,
-               silu: bool = False) -> tuple:
-    """What a launch's best tiles depend on: sizes, channel blocks and epilogue."""
-    n, h, w, ca = x.shape
-    return (n * h * w, h, w, ca, skip.shape[-1] if skip is not None else 0,
-            tuple(t.shape[-1] for t in shortcut), weight.shape[1], bias.dim() > 1, silu, residual is not None)
 
 
 def pack_weights(conv3: list[torch.Tensor], conv1: list[torch.Tensor]) -> torch.Tensor:
@@ -227,8 +215,7 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     table = bias.dim() > 1
     if bias.shape != ((3, 3, c_out) if table else (c_out,)):
         raise ValueError(f"bias must be [{c_out}] or a border table [3, 3, {c_out}], got {tuple(bias.shape)}")
-    t = tiles or TUNED.get(launch_key(x, weight, bias, skip=skip, shortcut=shortcut, residual=residual, silu=silu)) \
-        or default_tiles(c_out, (ca, cb, sa, sb), n * hh * ww)
+    t = tiles or default_tiles(c_out, (ca, cb, sa, sb), n * hh * ww)
     if any(c % t.block_k for c in (ca, cb, sa, sb)) or t.block_k < 16:
         raise ValueError(f"channel counts {(ca, cb, sa, sb)} must be multiples of block_k={t.block_k} (>= 16)")
     if triton is None:

@@ -32,12 +32,12 @@ from .folding import FoldedResidualBlock, fold_batchnorm
 from .unet import UNet, noise_embedding
 
 
-def _nchw(t: torch.Tensor) -> torch.Tensor:
+def nchw_view(t: torch.Tensor) -> torch.Tensor:
     """An NHWC tensor seen as [N, C, H, W] (channels_last strides): a view, no copy."""
     return t.permute(0, 3, 1, 2)
 
 
-def _nhwc(t: torch.Tensor) -> torch.Tensor:
+def to_nhwc(t: torch.Tensor) -> torch.Tensor:
     """[N, C, H, W] -> contiguous NHWC; a view when t is channels_last."""
     return t.permute(0, 2, 3, 1).contiguous()
 
@@ -111,7 +111,7 @@ class FusedUNet(nn.Module):
             h = fused(x, skip)
             # attention as the unfused network runs it under autocast (GroupNorm and softmax in float32)
             with torch.autocast(h.device.type, dtype=self.dtype, enabled=self.dtype in (torch.bfloat16, torch.float16)):
-                return _nhwc(attention(_nchw(h))).to(self.dtype)
+                return to_nhwc(attention(nchw_view(h))).to(self.dtype)
         return block(x, skip)
 
     def forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class FusedUNet(nn.Module):
         c = self.config
         n, _, h, w = x.shape
         e = noise_embedding(c, x, noise_variance).to(self.dtype)
-        stem = _nhwc(self.stem(x.to(self.dtype)))
+        stem = to_nhwc(self.stem(x.to(self.dtype)))
         x = torch.cat([stem, e[:, None, None, :].expand(n, h, w, c.embedding_dims)], dim=3)
         skips = []
         for blocks in self.down:
@@ -138,7 +138,7 @@ class FusedUNet(nn.Module):
             x = fr.upsample2x(x)
             for block in blocks:
                 x = self._run(block, x, skips.pop())
-        return self.head(_nchw(x))
+        return self.head(nchw_view(x))
 
 
 def _on_device(device: torch.device):

@@ -12,8 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import LoadedModel
-from .interpolation import Method, interpolate
 from .fused_unet import fused_available
+from .interpolation import Method, interpolate
 from .model import AUTO, Denoiser, sampling_autocast
 from .samplers import NoiseSource, SamplerConfig, StepState, ddim_invert, sample, sample_steps, seed_noise
 from .schedules import max_sampling_steps

@@ -236,3 +236,19 @@ def test_the_benchmark_sees_every_launch_of_a_call():
     convs = bench_fused.cudnn_convs(calls["conv"][-1])  # its cuDNN counterpart: 3x3 and 1x1 on the concatenation
     outs = [f() for f in convs]
     assert [tuple(o.shape) for o in outs] == [(2, 16, 8, 8)] * 2
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_the_benchmark_runs_each_launch_with_its_tuned_tiles():
+    from bench import bench_fused
+    o = _operands(cb=16)
+    packed = fc.pack_weights([o["w3a"], o["w3b"]], [])
+    key = bench_fused.launch_key(o["x"], packed, o["bias"], skip=o["skip"])
+    unusable = fc.Tiles(block_k=64)  # 64-channel chunks of a 16-channel input: refused, so visible
+    real = fc.fused_conv
+    with bench_fused.tiles_from({key: unusable}):
+        with pytest.raises(ValueError, match="block_k=64"):
+            fc.fused_conv(o["x"], packed, o["bias"], skip=o["skip"])
+        out = fc.fused_conv(o["x"], packed[:9 * 32], o["bias"])  # another launch: the default tiles
+    assert fc.fused_conv is real
+    torch.testing.assert_close(out, fc.reference_conv(o["x"], [o["w3a"]], [], o["bias"]), rtol=1e-5, atol=1e-5)
