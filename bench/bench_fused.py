@@ -108,8 +108,12 @@ def describe_launch(launch: dict) -> str:
     parts[0] += f"->{launch['out_channels']}"
     if k.get("shortcut"):
         parts.append("1x1 " + "+".join(str(t.shape[-1]) for t in k["shortcut"]))
+    if bias.dim() in (2, 4):  # the first block: the noise embedding as a bias per image
+        parts.append("bias table per image" if bias.dim() == 4 else "bias per image")
+    elif bias.dim() == 3:
+        parts.append("bias table")
     if k.get("silu"):
-        parts.append("bias table, silu")
+        parts.append("silu")
     if k.get("residual") is not None:
         parts.append("+ residual")
     return ", ".join(parts)

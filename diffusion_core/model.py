@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import sys
 from dataclasses import dataclass
 
@@ -83,6 +84,14 @@ def sampling_autocast(autocast: torch.dtype | str | None, device: torch.device) 
     return autocast
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` lives: its first parameter's device, else its first buffer's (the fused
+    sampling network keeps its weights as buffers)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    raise ValueError(f"{type(module).__name__} has neither parameters nor buffers: its device is unknown")
+
+
 class Denoiser:
     """``(x_t, signal_rate, noise_rate) -> (pred_eps, pred_x0)`` around a trained network.
 
@@ -101,7 +110,7 @@ class Denoiser:
         self.network = network
         self.prediction = prediction
         self.normalization = normalization
-        self.device = next(network.parameters()).device
+        self.device = module_device(network)
         self.autocast = sampling_autocast(autocast, self.device)
         self.x0_range = normalization.x0_range(self.device)
         self.calls = 0  # network evaluations, for the benchmarks and the UI

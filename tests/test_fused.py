@@ -32,7 +32,8 @@ def _operands(n=2, h=5, w=7, ca=32, cb=16, c_out=48, seed=0):
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
 @pytest.mark.parametrize("kernel", list(TILES))
 @pytest.mark.parametrize("with_skip", [False, True])
-@pytest.mark.parametrize("epilogue", ["bias", "bias table + silu", "shortcut 1x1", "residual"])
+@pytest.mark.parametrize("epilogue", ["bias", "bias table + silu", "shortcut 1x1", "residual",
+                                      "bias per image", "bias table per image + silu"])
 def test_fused_conv_matches_pytorch(kernel, with_skip, epilogue):
     o = _operands()
     skip = o["skip"] if with_skip else None
@@ -44,11 +45,27 @@ def test_fused_conv_matches_pytorch(kernel, with_skip, epilogue):
         shortcut, w1 = ((o["x"], o["skip"]), [o["w1a"], o["w1b"]]) if with_skip else ((o["x"],), [o["w1a"]])
     elif epilogue == "residual":
         residual = o["residual"]
+    elif epilogue == "bias per image":
+        bias = o["bias"] * torch.tensor([[1.0], [-3.0]])  # [N, C]
+    elif epilogue == "bias table per image + silu":
+        bias, silu = torch.stack([o["bias_table"], -2 * o["bias_table"].flip(0)]), True  # [N, 3, 3, C]
     out = fc.fused_conv(o["x"], fc.pack_weights(w3, w1), bias, skip=skip, shortcut=shortcut,
                         residual=residual, silu=silu, tiles=TILES[kernel])
     ref = fc.reference_conv(o["x"], w3, w1, bias, skip=skip, shortcut=shortcut, residual=residual, silu=silu)
     assert out.shape == ref.shape == (2, 5, 7, 48)
     assert ref.abs().max() > 1
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_fused_conv_writes_outputs_narrower_than_a_tile():
+    """The last block with the head folded in writes the image's 3 channels (a 16-wide tile, masked)."""
+    o = _operands(c_out=3)
+    shortcut = (o["x"], o["skip"])
+    w3, w1 = [o["w3a"]], [o["w1a"], o["w1b"]]
+    out = fc.fused_conv(o["x"], fc.pack_weights(w3, w1), o["bias"], shortcut=shortcut)
+    ref = fc.reference_conv(o["x"], w3, w1, o["bias"], shortcut=shortcut)
+    assert out.shape == (2, 5, 7, 3)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -74,6 +91,8 @@ def test_fused_conv_rejects_what_it_cannot_compute():
         fc.fused_conv(o["x"].transpose(1, 2).contiguous().transpose(1, 2), packed, o["bias"])
     with pytest.raises(ValueError, match="bias must be"):
         fc.fused_conv(o["x"], packed, torch.zeros(5, 7, 48))
+    with pytest.raises(ValueError, match="bias must be"):  # per image, but for 3 images of 2
+        fc.fused_conv(o["x"], packed, torch.zeros(3, 48))
     x = torch.randn(2, 5, 7, 24)
     with pytest.raises(ValueError, match="multiples of block_k"):
         fc.fused_conv(x, fc.pack_weights([torch.randn(48, 24, 3, 3)], []), o["bias"])
@@ -123,22 +142,27 @@ def _network(config: UNetConfig) -> UNet:
 @pytest.mark.parametrize("config", [
     UNetConfig(widths=(16, 32, 48), block_depth=2, image_size=8, embedding_dims=16),
     UNetConfig(widths=(16, 32), block_depth=1, image_size=8, embedding_dims=16, attention_resolutions=(4,)),
+    # attention after the last block: the head stays a convolution of its own; a grey-scale image
+    # and an embedding whose width is no multiple of 16 (it enters as a bias)
+    UNetConfig(widths=(16, 32), block_depth=1, image_size=8, embedding_dims=10, channels=1,
+               attention_resolutions=(8,)),
 ])
 def test_fused_network_computes_the_network(config):
     net = _network(config)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     fused = FusedUNet(net, torch.float64)
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, config.channels, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     v = torch.rand(2, dtype=torch.float64)
     with torch.inference_mode():
         ref, out = net(x, v), fused(x, v)
+    assert (fused.head is None) == (8 not in config.attention_resolutions)
     assert out.shape == ref.shape and out.dtype == torch.float64
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)  # float32 accumulation in the kernel
     for k, t in net.state_dict().items():
         assert torch.equal(t, before[k]), k
     with pytest.raises(ValueError, match="takes 8x8 images"):
-        fused(torch.zeros(1, 3, 16, 16, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+        fused(torch.zeros(1, config.channels, 16, 16, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
 
 
 def test_networks_with_narrow_channels_are_not_fused():
@@ -195,6 +219,13 @@ def test_a_denoiser_samples_the_same_through_the_fused_network(tmp_path):
         assert d.calls == 3
     assert images[0].abs().max() > 0.1
     torch.testing.assert_close(images[1], images[0], rtol=1e-4, atol=1e-4)
+    # the fused network as the denoiser's own network: its weights are buffers, no parameters
+    fused = FusedUNet(model.network, torch.float32)
+    assert not list(fused.parameters())
+    d = Denoiser(fused, "eps", model.normalization, None)
+    assert d.device == torch.device("cpu")
+    torch.testing.assert_close(sample(sample_steps(d, model.experiment.schedule, x_T, SamplerConfig("ddim", 3))),
+                               images[0], rtol=1e-4, atol=1e-4)
 
 
 def test_a_failing_fused_network_falls_back_to_eager_with_a_message(tmp_path, capsys):
@@ -227,13 +258,16 @@ def test_the_benchmark_sees_every_launch_of_a_call():
     blocks = 2 * 2 + 2 + 2 * 2  # down, middle, up
     assert len(calls["conv"]) == 2 * blocks and len(calls["pool"]) == len(calls["upsample"]) == 2
     whats = [bench_fused.describe_launch(c) for c in calls["conv"]]
-    assert whats[0] == "8x8 3x3 32->16, bias table, silu"  # stem 16 + embedding 16 channels in
-    assert whats[1] == "8x8 3x3 16->16, 1x1 32"
+    # the first block reads the image (3 channels padded to 16: the stem is folded in) and gets the
+    # noise embedding as a bias per image
+    assert whats[0] == "8x8 3x3 16->16, bias table per image, silu"
+    assert whats[1] == "8x8 3x3 16->16, 1x1 16, bias per image"
     assert whats[3] == "8x8 3x3 16->16, + residual"
     assert whats[-4] == "8x8 3x3 32+16->16, bias table, silu"  # an up block reads [x, skip] in place
     assert whats[-3] == "8x8 3x3 16->16, 1x1 32+16"
     assert whats[-2] == "8x8 3x3 16+16->16, bias table, silu"
-    convs = bench_fused.cudnn_convs(calls["conv"][-1])  # its cuDNN counterpart: 3x3 and 1x1 on the concatenation
+    assert whats[-1] == "8x8 3x3 16->3, 1x1 16+16"  # the head folded in: the network's output
+    convs = bench_fused.cudnn_convs(calls["conv"][-3])  # its cuDNN counterpart: 3x3 and 1x1 on the concatenation
     outs = [f() for f in convs]
     assert [tuple(o.shape) for o in outs] == [(2, 16, 8, 8)] * 2
 
