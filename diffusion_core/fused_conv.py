@@ -64,8 +64,9 @@ class Tiles:
 
 def default_tiles(c_out: int, channels: tuple[int, ...], pixels: int) -> Tiles:
     """The launch configuration used unless one is given (from ``bench/bench_fused.py``'s
-    sweeps on an H100): 32-channel chunks, 128 pixels per program, 64 where the batch's pixels are
-    few (8x8 maps), with 8 warps there for 128 output channels."""
+    sweeps on an H100): 32-channel chunks of the 3x3 blocks' ``channels``, 128 pixels per program,
+    64 where the batch's pixels are few (8x8 maps), with 8 warps there for 128 output channels.
+    (The 1x1 blocks take 16-channel chunks where 32 does not divide them.)"""
     block_k = 32 if all(c % 32 == 0 for c in channels) else 16
     block_n = min(128, max(16, 1 << (c_out - 1).bit_length()))
     small = pixels <= 16384
@@ -160,8 +161,8 @@ def _fused_conv_kernel(
     M, H, W, CA, CB, SA, SB, COUT,
     HAS_B: tl.constexpr, HAS_SA: tl.constexpr, HAS_SB: tl.constexpr,
     BIAS_TABLE: tl.constexpr, BIAS_PER_IMAGE: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CACHE: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K1: tl.constexpr,
+    CACHE: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
     """Tiles of BLOCK_M flattened output pixels: each tap's neighbours loaded from global memory."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels (n, h, w) flattened
@@ -177,10 +178,10 @@ def _fused_conv_kernel(
         acc = _conv3x3_part(acc, xb_ptr, CB, w_ptr, 9 * CA, COUT, rows, cols, in_rows, in_cols, h, w, H, W,
                             BLOCK_K, CACHE)
     if HAS_SA:  # 1x1 shortcut
-        acc = _conv1x1_part(acc, sa_ptr, SA, w_ptr, 9 * (CA + CB), COUT, rows, cols, in_rows, in_cols, BLOCK_K)
+        acc = _conv1x1_part(acc, sa_ptr, SA, w_ptr, 9 * (CA + CB), COUT, rows, cols, in_rows, in_cols, BLOCK_K1)
     if HAS_SB:
         acc = _conv1x1_part(acc, sb_ptr, SB, w_ptr, 9 * (CA + CB) + SA, COUT, rows, cols, in_rows, in_cols,
-                            BLOCK_K)
+                            BLOCK_K1)
     _epilogue(acc, rows, h, w, H, W, cols, in_cols, in_rows, bias_ptr, res_ptr, out_ptr, COUT,
               BIAS_TABLE, BIAS_PER_IMAGE, SILU, RESIDUAL, FAST_MATH)
 
@@ -230,9 +231,12 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     if bias.shape != shapes.get(bias.dim()) or not bias.is_contiguous() or bias.device != x.device:
         raise ValueError(f"bias must be a contiguous [{c_out}], per image [{n}, {c_out}], a border table "
                          f"[3, 3, {c_out}] or one per image [{n}, 3, 3, {c_out}] on {x.device}; got {tuple(bias.shape)}")
-    t = tiles or default_tiles(c_out, (ca, cb, sa, sb), n * hh * ww)
-    if any(c % t.block_k for c in (ca, cb, sa, sb)) or t.block_k < 16:
-        raise ValueError(f"channel counts {(ca, cb, sa, sb)} must be multiples of block_k={t.block_k} (>= 16)")
+    t = tiles or default_tiles(c_out, (ca, cb), n * hh * ww)
+    if any(c % t.block_k for c in (ca, cb)) or t.block_k < 16:
+        raise ValueError(f"3x3 channel counts {(ca, cb)} must be multiples of block_k={t.block_k} (>= 16)")
+    if any(c % 16 for c in (sa, sb)):
+        raise ValueError(f"1x1 channel counts {(sa, sb)} must be multiples of 16")
+    block_k1 = t.block_k if all(c % t.block_k == 0 for c in (sa, sb)) else 16
     if triton is None:
         raise RuntimeError("the fused convolution needs Triton (pip install triton)")
     if x.device.type != "cuda" and not interpreting():
@@ -245,7 +249,7 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     _fused_conv_kernel[grid](*tensors, n * hh * ww, hh, ww, ca, cb, sa, sb, c_out,
                              HAS_B=cb > 0, HAS_SA=sa > 0, HAS_SB=sb > 0, BIAS_TABLE=table,
                              BIAS_PER_IMAGE=per_image, SILU=silu, RESIDUAL=residual is not None,
-                             BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, CACHE=t.cache,
+                             BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, BLOCK_K1=block_k1, CACHE=t.cache,
                              FAST_MATH=not interpreting(), **launch)
     return out
 

@@ -69,6 +69,21 @@ def test_fused_conv_writes_outputs_narrower_than_a_tile():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_a_narrow_shortcut_keeps_the_wide_chunks_of_the_3x3_convolution():
+    """The first block's second launch: a 32-channel 3x3 convolution and a 1x1 shortcut over the
+    16 padded image channels; the 3x3 part keeps 32-channel chunks, the 1x1 part takes 16."""
+    o = _operands(ca=32, cb=16)
+    assert fc.default_tiles(48, (32, 0), 70).block_k == 32
+    w3, w1 = [o["w3a"]], [o["w1b"]]
+    out = fc.fused_conv(o["x"], fc.pack_weights(w3, w1), o["bias"], shortcut=(o["skip"],),
+                        tiles=fc.Tiles(block_m=32, block_n=32, block_k=32))
+    ref = fc.reference_conv(o["x"], w3, w1, o["bias"], shortcut=(o["skip"],))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="1x1 channel counts"):
+        fc.fused_conv(o["x"], fc.pack_weights(w3, [w1[0][:, :8]]), o["bias"], shortcut=(o["skip"][..., :8].contiguous(),))
+
+
 def test_packed_weights_are_tap_major_then_channel():
     w3 = torch.randn(4, 3, 3, 3)
     w1 = torch.randn(4, 2, 1, 1)
