@@ -73,7 +73,8 @@ def _shortcut_matrix(block: FoldedResidualBlock) -> tuple[torch.Tensor, torch.Te
     """The block's shortcut as a [C_out, C_in] matrix and a bias (an identity is the unit matrix)."""
     c_out, c_in = block.conv2.weight.shape[0], block.weight.shape[1]
     if isinstance(block.shortcut, nn.Identity):
-        return torch.eye(c_out, c_in, dtype=torch.float64), torch.zeros(c_out, dtype=torch.float64)
+        like = {"dtype": torch.float64, "device": block.weight.device}
+        return torch.eye(c_out, c_in, **like), torch.zeros(c_out, **like)
     return block.shortcut.weight.double()[:, :, 0, 0], block.shortcut.bias.double()
 
 
@@ -130,7 +131,7 @@ class FusedBlock(nn.Module):
         b1, b2 = self.b1, self.b2
         if self.stem:  # per image: [N, 3, 3, C_mid] and [N, C_out]
             e = embedding.float()
-            b1 = torch.einsum("ni,yxio->nyxo", e, self.e1) + b1
+            b1 = (torch.einsum("ni,yxio->nyxo", e, self.e1) + b1).contiguous()
             b2 = torch.addmm(b2, e, self.e2)
         h = fc.fused_conv(x, self.w1, b1, skip=skip, silu=True)
         if self.identity:
