@@ -35,24 +35,24 @@ class PixelNormalization:
         x = images.reshape(-1, 3).astype(np.float64) / 255.0
         return cls(tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3)))
 
-    def _tensors(self, device, dtype=torch.float32):
+    def tensors(self, device, dtype=torch.float32):
         """mean, std [1 x 3 x 1 x 1] on ``device``, made once per device (building them anew would
         be two host-to-device copies per call)."""
         return _mean_std(self.mean, self.std, str(torch.device(device)), dtype)
 
     def to_model(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 [N x 3 x H x W] (any device) -> float32 network units."""
-        return pixels_to_model(images_uint8, *self._tensors(images_uint8.device))
+        return pixels_to_model(images_uint8, *self.tensors(images_uint8.device))
 
     def to_pixels(self, x: torch.Tensor) -> np.ndarray:
         """network units [N x 3 x H x W] -> uint8 numpy [N x H x W x 3], clipped to [0, 255]."""
-        mean, std = self._tensors(x.device)
+        mean, std = self.tensors(x.device)
         pixels = ((x.float() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
     def x0_range(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds [1 x 3 x 1 x 1] of valid pixels in network units, for clipping predicted x0."""
-        mean, std = self._tensors(device)
+        mean, std = self.tensors(device)
         return (0.0 - mean) / std, (1.0 - mean) / std
 
 

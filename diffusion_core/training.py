@@ -104,7 +104,7 @@ class Trainer:
             self.normalization = PixelNormalization.from_images(images)
         else:
             self.normalization = PixelNormalization()
-        self._pixel_stats = self.normalization._tensors(self.device)  # mean, std [1 x 3 x 1 x 1]
+        self._pixel_stats = self.normalization.tensors(self.device)  # mean, std [1 x 3 x 1 x 1]
         torch.manual_seed(experiment.train.seed)  # network initialisation
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
         self.network = UNet(experiment.network).to(self.device, memory_format=fmt)
