@@ -26,6 +26,12 @@ Layout: activations are NHWC tensors ``[N, H, W, C]``, contiguous. The weights o
 packed once into a ``[K, C_out]`` matrix (``pack_weights``): the 3x3 blocks tap-major (row
 ``tap * C + c`` with ``tap = 3 * (dy + 1) + (dx + 1)``), then the 1x1 blocks.
 
+The channel counts are compile-time constants (one compiled kernel per channel layout), so the
+reduction loop has a fixed trip count and no integer division, and each pixel's nine taps are
+checked against the image border once, as a 9-bit mask, before the loop: the loop's address
+arithmetic was most of its instructions (docs/performance.md, eighth session). Offsets are 32-bit:
+every activation must have fewer than 2**31 elements.
+
 On a CPU the same kernel runs under Triton's interpreter (TRITON_INTERPRET=1 set before Triton
 is imported), which is how the tests check it; nothing in the app uses that path.
 """
@@ -99,22 +105,24 @@ def pack_weights(conv3: list[torch.Tensor], conv1: list[torch.Tensor]) -> torch.
     return torch.cat(rows, 0).contiguous()
 
 
-def _conv3x3_part(acc, x_ptr, C, w_ptr, w_row0, COUT, rows, cols, in_rows, in_cols, h, w, H, W,
-                  BLOCK_K: tl.constexpr, CACHE: tl.constexpr):
-    """acc += the 3x3 convolution of one C-channel NHWC block, weights from packed row w_row0 on."""
+def _conv3x3_part(acc, x_ptr, C: tl.constexpr, w_ptr, w_row0, COUT, base, nb, cols, in_cols, W,
+                  BLOCK_K: tl.constexpr, CACHE: tl.constexpr, EVEN_N: tl.constexpr):
+    """acc += the 3x3 convolution of one C-channel NHWC block, weights from packed row w_row0 on.
+    ``base``: each output pixel's flat index; ``nb``: its 9-bit mask of taps inside the image."""
     ks = tl.arange(0, BLOCK_K)
-    chunks = C // BLOCK_K
-    for kk in range(0, 9 * chunks):  # (tap, channel chunk)
-        tap = kk // chunks
-        c0 = (kk % chunks) * BLOCK_K
-        dy = tap // 3 - 1
-        dx = tap % 3 - 1
-        ok = in_rows & (h + dy >= 0) & (h + dy < H) & (w + dx >= 0) & (w + dx < W)  # else zero padding
-        src = rows + dy * W + dx  # the neighbour's flat pixel index (same image where ok)
-        a = tl.load(x_ptr + src[:, None] * C + (c0 + ks)[None, :], mask=ok[:, None], other=0.0,
+    CHUNKS: tl.constexpr = C // BLOCK_K
+    for kk in range(0, 9 * CHUNKS):  # (tap, channel chunk)
+        tap = kk // CHUNKS
+        c0 = (kk % CHUNKS) * BLOCK_K
+        shift = ((tap // 3 - 1) * W + (tap % 3 - 1)) * C + c0  # the neighbour's offset, the same for every pixel
+        ok = (nb & (1 << tap)) != 0  # else zero padding
+        a = tl.load(x_ptr + (base + shift)[:, None] + ks[None, :], mask=ok[:, None], other=0.0,
                     cache_modifier=CACHE)
-        b = tl.load(w_ptr + (w_row0 + tap * C + c0 + ks)[:, None] * COUT + cols[None, :],
-                    mask=in_cols[None, :], other=0.0)
+        w_rows = (w_row0 + tap * C + c0 + ks)[:, None] * COUT + cols[None, :]
+        if EVEN_N:
+            b = tl.load(w_ptr + w_rows)
+        else:
+            b = tl.load(w_ptr + w_rows, mask=in_cols[None, :], other=0.0)
         acc += tl.dot(a, b)
     return acc
 
@@ -158,11 +166,11 @@ def _epilogue(acc, pix, h, w, H, W, cols, in_cols, ok_rows, bias_ptr, res_ptr, o
 
 def _fused_conv_kernel(
     xa_ptr, xb_ptr, sa_ptr, sb_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
-    M, H, W, CA, CB, SA, SB, COUT,
+    M, H, W, CA: tl.constexpr, CB: tl.constexpr, SA: tl.constexpr, SB: tl.constexpr, COUT,
     HAS_B: tl.constexpr, HAS_SA: tl.constexpr, HAS_SB: tl.constexpr,
     BIAS_TABLE: tl.constexpr, BIAS_PER_IMAGE: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K1: tl.constexpr,
-    CACHE: tl.constexpr, FAST_MATH: tl.constexpr,
+    CACHE: tl.constexpr, FAST_MATH: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """Tiles of BLOCK_M flattened output pixels: each tap's neighbours loaded from global memory."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels (n, h, w) flattened
@@ -172,11 +180,15 @@ def _fused_conv_kernel(
     hw = rows % (H * W)
     h = hw // W
     w = hw % W
+    # bit 3 * (dy + 1) + (dx + 1) set where the neighbour (h + dy, w + dx) is inside the image
+    ry = tl.where(h > 0, 7, 6) & tl.where(h < H - 1, 7, 3)  # rows dy = -1, 0, 1 present
+    rx = tl.where(w > 0, 7, 6) & tl.where(w < W - 1, 7, 3)
+    nb = tl.where(in_rows, ((ry & 1) * rx) | ((ry & 2) * 4 * rx) | ((ry & 4) * 16 * rx), 0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _conv3x3_part(acc, xa_ptr, CA, w_ptr, 0, COUT, rows, cols, in_rows, in_cols, h, w, H, W, BLOCK_K, CACHE)
+    acc = _conv3x3_part(acc, xa_ptr, CA, w_ptr, 0, COUT, rows * CA, nb, cols, in_cols, W, BLOCK_K, CACHE, EVEN_N)
     if HAS_B:  # the second block of a concatenation (an up block's skip)
-        acc = _conv3x3_part(acc, xb_ptr, CB, w_ptr, 9 * CA, COUT, rows, cols, in_rows, in_cols, h, w, H, W,
-                            BLOCK_K, CACHE)
+        acc = _conv3x3_part(acc, xb_ptr, CB, w_ptr, 9 * CA, COUT, rows * CB, nb, cols, in_cols, W,
+                            BLOCK_K, CACHE, EVEN_N)
     if HAS_SA:  # 1x1 shortcut
         acc = _conv1x1_part(acc, sa_ptr, SA, w_ptr, 9 * (CA + CB), COUT, rows, cols, in_rows, in_cols, BLOCK_K1)
     if HAS_SB:
@@ -224,6 +236,9 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
         if t is not None and (t.shape[:3] != (n, hh, ww) or not t.is_contiguous() or t.device != x.device):
             raise ValueError(f"every activation must be a contiguous [N, H, W, C] tensor of shape "
                              f"({n}, {hh}, {ww}, C) on {x.device}; got {tuple(t.shape)}")
+    if max(t.numel() for t in (x, skip, *shortcut, residual) if t is not None) >= 2 ** 31 or n * hh * ww * c_out >= 2 ** 31:
+        raise ValueError("every activation must have fewer than 2**31 elements (the kernel's offsets are 32-bit); "
+                         "split the batch")
     if residual is not None and residual.shape[-1] != c_out:
         raise ValueError(f"residual has {residual.shape[-1]} channels, the output {c_out}")
     table, per_image = bias.dim() in (3, 4), bias.dim() in (2, 4)
@@ -249,7 +264,7 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     _fused_conv_kernel[grid](*tensors, n * hh * ww, hh, ww, ca, cb, sa, sb, c_out,
                              HAS_B=cb > 0, HAS_SA=sa > 0, HAS_SB=sb > 0, BIAS_TABLE=table,
                              BIAS_PER_IMAGE=per_image, SILU=silu, RESIDUAL=residual is not None,
-                             BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, BLOCK_K1=block_k1, CACHE=t.cache,
+                             EVEN_N=c_out % t.block_n == 0, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, BLOCK_K1=block_k1, CACHE=t.cache,
                              FAST_MATH=not interpreting(), **launch)
     return out
 

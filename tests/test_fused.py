@@ -111,6 +111,10 @@ def test_fused_conv_rejects_what_it_cannot_compute():
     x = torch.randn(2, 5, 7, 24)
     with pytest.raises(ValueError, match="multiples of block_k"):
         fc.fused_conv(x, fc.pack_weights([torch.randn(48, 24, 3, 3)], []), o["bias"])
+    # offsets are 32-bit: an activation of 2**31 elements is refused (meta tensors: no memory)
+    big = torch.empty(8192, 64, 64, 64, device="meta")
+    with pytest.raises(ValueError, match=r"fewer than 2\*\*31 elements"):
+        fc.fused_conv(big, torch.empty(9 * 64, 32, device="meta"), torch.empty(32, device="meta"))
 
 
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
