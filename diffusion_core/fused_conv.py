@@ -66,18 +66,26 @@ class Tiles:
     num_warps: int = 4
     num_stages: int = 3
     cache: str = ""  # cache modifier of the 3x3 loads ("" or ".ca": keep in L1 for the neighbouring taps)
+    rows: int = 0  # 4: programs of four whole image rows (``_fused_conv_rows_kernel``; block_m unused)
 
 
-def default_tiles(c_out: int, channels: tuple[int, ...], pixels: int) -> Tiles:
+def default_tiles(c_out: int, channels: tuple[int, ...], pixels: int, image: tuple[int, int] = (0, 0),
+                  plain: bool = False) -> Tiles:
     """The launch configuration used unless one is given (from ``bench/bench_fused.py``'s
     sweeps on an H100): 32-channel chunks of the 3x3 blocks' ``channels``, 128 pixels per program,
     64 where the batch's pixels are few (8x8 maps), with 8 warps there for 128 output channels.
-    (The 1x1 blocks take 16-channel chunks where 32 does not divide them.)"""
+    (The 1x1 blocks take 16-channel chunks where 32 does not divide them.)
+
+    Tiles of four whole image rows where they measured faster: ``plain`` launches (no shortcut, no
+    residual) on 32- or 64-pixel-wide ``image`` (height, width) maps with at most 2048 accumulator
+    values per row (width x output tile)."""
     block_k = 32 if all(c % 32 == 0 for c in channels) else 16
     block_n = min(128, max(16, 1 << (c_out - 1).bit_length()))
     small = pixels <= 16384
+    h, w = image
+    rows = 4 if plain and w in (32, 64) and h % 4 == 0 and w * block_n <= 2048 else 0
     return Tiles(block_m=64 if small else 128, block_n=block_n, block_k=block_k,
-                 num_warps=8 if small and block_n >= 128 else 4, num_stages=3)
+                 num_warps=8 if small and block_n >= 128 else 4, num_stages=3, rows=rows)
 
 
 def border_table(bias_map: torch.Tensor) -> torch.Tensor:
@@ -198,11 +206,127 @@ def _fused_conv_kernel(
               BIAS_TABLE, BIAS_PER_IMAGE, SILU, RESIDUAL, FAST_MATH)
 
 
+# --- tiles of four whole image rows ---------------------------------------------------------------
+# A program computes image rows r0 .. r0 + 3 of one image. For each dx it loads the six rows r0 - 1 ..
+# r0 + 4, shifted by dx, once, and each loaded row serves up to three output rows (as their dy = -1,
+# 0, +1 tap): 18 row loads per four output rows instead of 36. The taps' re-reads from L2 are what
+# bounds the flat tiles on the up blocks' two-input launches (Nsight Compute on an H100: L2 86% busy
+# at 64x64 with 96 input channels); docs/performance.md, eighth session, has the measurements.
+
+def _conv3x3_rows_part(acc0, acc1, acc2, acc3, x_ptr, C: tl.constexpr, w_ptr, w_row0, COUT, base, r0, H, w,
+                       cols, in_cols, W: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """acc_j += the 3x3 convolution of one C-channel block at output row r0 + j (pixels base + j * W + w)."""
+    ks = tl.arange(0, BLOCK_K)
+    CHUNKS: tl.constexpr = C // BLOCK_K
+    top = (w * 0 + r0) > 0  # the row above the tile is inside the image
+    bottom = (w * 0 + r0 + 4) < H  # and the row below it
+    for kk in range(0, 3 * CHUNKS):  # (dx, channel chunk)
+        dx = kk // CHUNKS - 1
+        c0 = (kk % CHUNKS) * BLOCK_K
+        ok = (w + dx >= 0) & (w + dx < W)  # else zero padding
+        p = x_ptr + ((base - W + w + dx) * C + c0)[:, None] + ks[None, :]  # row r0 - 1, shifted by dx
+        a0 = tl.load(p, mask=(ok & top)[:, None], other=0.0)
+        a1 = tl.load(p + W * C, mask=ok[:, None], other=0.0)
+        a2 = tl.load(p + 2 * W * C, mask=ok[:, None], other=0.0)
+        a3 = tl.load(p + 3 * W * C, mask=ok[:, None], other=0.0)
+        a4 = tl.load(p + 4 * W * C, mask=ok[:, None], other=0.0)
+        a5 = tl.load(p + 5 * W * C, mask=(ok & bottom)[:, None], other=0.0)
+        q = w_ptr + (w_row0 + (dx + 1) * C + c0 + ks)[:, None] * COUT + cols[None, :]  # tap (dy = -1, dx)
+        if EVEN_N:
+            wm = tl.load(q)
+            w0 = tl.load(q + 3 * C * COUT)  # dy = 0
+            wp = tl.load(q + 6 * C * COUT)  # dy = +1
+        else:
+            wm = tl.load(q, mask=in_cols[None, :], other=0.0)
+            w0 = tl.load(q + 3 * C * COUT, mask=in_cols[None, :], other=0.0)
+            wp = tl.load(q + 6 * C * COUT, mask=in_cols[None, :], other=0.0)
+        acc0 = tl.dot(a0, wm, acc0)
+        acc0 = tl.dot(a1, w0, acc0)
+        acc0 = tl.dot(a2, wp, acc0)
+        acc1 = tl.dot(a1, wm, acc1)
+        acc1 = tl.dot(a2, w0, acc1)
+        acc1 = tl.dot(a3, wp, acc1)
+        acc2 = tl.dot(a2, wm, acc2)
+        acc2 = tl.dot(a3, w0, acc2)
+        acc2 = tl.dot(a4, wp, acc2)
+        acc3 = tl.dot(a3, wm, acc3)
+        acc3 = tl.dot(a4, w0, acc3)
+        acc3 = tl.dot(a5, wp, acc3)
+    return acc0, acc1, acc2, acc3
+
+
+def _conv1x1_rows_part(acc0, acc1, acc2, acc3, x_ptr, C: tl.constexpr, w_ptr, w_row0, COUT, base, w, cols,
+                       in_cols, W: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """acc_j += the 1x1 convolution of one C-channel block at output row r0 + j."""
+    ks = tl.arange(0, BLOCK_K)
+    for c0 in range(0, C, BLOCK_K):
+        p = x_ptr + ((base + w) * C + c0)[:, None] + ks[None, :]
+        a0 = tl.load(p)
+        a1 = tl.load(p + W * C)
+        a2 = tl.load(p + 2 * W * C)
+        a3 = tl.load(p + 3 * W * C)
+        q = w_ptr + (w_row0 + c0 + ks)[:, None] * COUT + cols[None, :]
+        if EVEN_N:
+            b = tl.load(q)
+        else:
+            b = tl.load(q, mask=in_cols[None, :], other=0.0)
+        acc0 = tl.dot(a0, b, acc0)
+        acc1 = tl.dot(a1, b, acc1)
+        acc2 = tl.dot(a2, b, acc2)
+        acc3 = tl.dot(a3, b, acc3)
+    return acc0, acc1, acc2, acc3
+
+
+def _fused_conv_rows_kernel(
+    xa_ptr, xb_ptr, sa_ptr, sb_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
+    H, W: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr, SA: tl.constexpr, SB: tl.constexpr, COUT,
+    HAS_B: tl.constexpr, HAS_SA: tl.constexpr, HAS_SB: tl.constexpr,
+    BIAS_TABLE: tl.constexpr, BIAS_PER_IMAGE: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K1: tl.constexpr, FAST_MATH: tl.constexpr,
+    EVEN_N: tl.constexpr,
+):
+    """What ``_fused_conv_kernel`` computes, by tiles of four whole image rows (H % 4 == 0)."""
+    blocks = H // 4
+    r0 = (tl.program_id(0) % blocks) * 4
+    base = (tl.program_id(0) // blocks * H + r0) * W  # the tile's first output pixel
+    w = tl.arange(0, W)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_cols = cols < COUT
+    acc0 = tl.zeros((W, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((W, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((W, BLOCK_N), dtype=tl.float32)
+    acc3 = tl.zeros((W, BLOCK_N), dtype=tl.float32)
+    acc0, acc1, acc2, acc3 = _conv3x3_rows_part(acc0, acc1, acc2, acc3, xa_ptr, CA, w_ptr, 0, COUT, base, r0, H, w,
+                                                cols, in_cols, W, BLOCK_K, EVEN_N)
+    if HAS_B:
+        acc0, acc1, acc2, acc3 = _conv3x3_rows_part(acc0, acc1, acc2, acc3, xb_ptr, CB, w_ptr, 9 * CA, COUT, base,
+                                                    r0, H, w, cols, in_cols, W, BLOCK_K, EVEN_N)
+    if HAS_SA:
+        acc0, acc1, acc2, acc3 = _conv1x1_rows_part(acc0, acc1, acc2, acc3, sa_ptr, SA, w_ptr, 9 * (CA + CB), COUT,
+                                                    base, w, cols, in_cols, W, BLOCK_K1, EVEN_N)
+    if HAS_SB:
+        acc0, acc1, acc2, acc3 = _conv1x1_rows_part(acc0, acc1, acc2, acc3, sb_ptr, SB, w_ptr, 9 * (CA + CB) + SA,
+                                                    COUT, base, w, cols, in_cols, W, BLOCK_K1, EVEN_N)
+    every = w < W
+    row = w * 0 + r0
+    _epilogue(acc0, base + w, row, w, H, W, cols, in_cols, every, bias_ptr, res_ptr, out_ptr, COUT,
+              BIAS_TABLE, BIAS_PER_IMAGE, SILU, RESIDUAL, FAST_MATH)
+    _epilogue(acc1, base + W + w, row + 1, w, H, W, cols, in_cols, every, bias_ptr, res_ptr, out_ptr, COUT,
+              BIAS_TABLE, BIAS_PER_IMAGE, SILU, RESIDUAL, FAST_MATH)
+    _epilogue(acc2, base + 2 * W + w, row + 2, w, H, W, cols, in_cols, every, bias_ptr, res_ptr, out_ptr, COUT,
+              BIAS_TABLE, BIAS_PER_IMAGE, SILU, RESIDUAL, FAST_MATH)
+    _epilogue(acc3, base + 3 * W + w, row + 3, w, H, W, cols, in_cols, every, bias_ptr, res_ptr, out_ptr, COUT,
+              BIAS_TABLE, BIAS_PER_IMAGE, SILU, RESIDUAL, FAST_MATH)
+
+
 if triton is not None:  # compiled on first launch (or interpreted under TRITON_INTERPRET=1)
     _conv3x3_part = triton.jit(_conv3x3_part)
     _conv1x1_part = triton.jit(_conv1x1_part)
     _epilogue = triton.jit(_epilogue)
     _fused_conv_kernel = triton.jit(_fused_conv_kernel)
+    _conv3x3_rows_part = triton.jit(_conv3x3_rows_part)
+    _conv1x1_rows_part = triton.jit(_conv1x1_rows_part)
+    _fused_conv_rows_kernel = triton.jit(_fused_conv_rows_kernel)
 
 
 def interpreting() -> bool:
@@ -246,7 +370,10 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     if bias.shape != shapes.get(bias.dim()) or not bias.is_contiguous() or bias.device != x.device:
         raise ValueError(f"bias must be a contiguous [{c_out}], per image [{n}, {c_out}], a border table "
                          f"[3, 3, {c_out}] or one per image [{n}, 3, 3, {c_out}] on {x.device}; got {tuple(bias.shape)}")
-    t = tiles or default_tiles(c_out, (ca, cb), n * hh * ww)
+    t = tiles or default_tiles(c_out, (ca, cb), n * hh * ww, (hh, ww), plain=not shortcut and residual is None)
+    if t.rows and (t.rows != 4 or hh % 4 or ww < 16 or ww & (ww - 1)):
+        raise ValueError(f"row tiles take 4 rows of maps whose height is a multiple of 4 and whose width is a power "
+                         f"of two >= 16; got rows={t.rows} for {hh}x{ww}")
     if any(c % t.block_k for c in (ca, cb)) or t.block_k < 16:
         raise ValueError(f"3x3 channel counts {(ca, cb)} must be multiples of block_k={t.block_k} (>= 16)")
     if any(c % 16 for c in (sa, sb)):
@@ -260,12 +387,16 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     launch = {} if interpreting() else {"num_warps": t.num_warps, "num_stages": t.num_stages}
     tensors = (x, skip if skip is not None else x, shortcut[0] if sa else x, shortcut[1] if sb else x,
                weight, bias, residual if residual is not None else x, out)
-    grid = (triton.cdiv(n * hh * ww, t.block_m), triton.cdiv(c_out, t.block_n))
-    _fused_conv_kernel[grid](*tensors, n * hh * ww, hh, ww, ca, cb, sa, sb, c_out,
-                             HAS_B=cb > 0, HAS_SA=sa > 0, HAS_SB=sb > 0, BIAS_TABLE=table,
-                             BIAS_PER_IMAGE=per_image, SILU=silu, RESIDUAL=residual is not None,
-                             EVEN_N=c_out % t.block_n == 0, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, BLOCK_K1=block_k1, CACHE=t.cache,
-                             FAST_MATH=not interpreting(), **launch)
+    flags = dict(HAS_B=cb > 0, HAS_SA=sa > 0, HAS_SB=sb > 0, BIAS_TABLE=table, BIAS_PER_IMAGE=per_image, SILU=silu,
+                 RESIDUAL=residual is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, BLOCK_K1=block_k1,
+                 FAST_MATH=not interpreting(), EVEN_N=c_out % t.block_n == 0)
+    if t.rows:
+        grid = (n * hh // 4, triton.cdiv(c_out, t.block_n))
+        _fused_conv_rows_kernel[grid](*tensors, hh, ww, ca, cb, sa, sb, c_out, **flags, **launch)
+    else:
+        grid = (triton.cdiv(n * hh * ww, t.block_m), triton.cdiv(c_out, t.block_n))
+        _fused_conv_kernel[grid](*tensors, n * hh * ww, hh, ww, ca, cb, sa, sb, c_out, BLOCK_M=t.block_m,
+                                 CACHE=t.cache, **flags, **launch)
     return out
 
 

@@ -18,7 +18,8 @@ from diffusion_core.fused_unet import FusedUNet, fusable  # noqa: E402
 from diffusion_core.unet import UNet, UNetConfig  # noqa: E402
 
 TILES = {"small tiles": fc.Tiles(block_m=32, block_n=32, block_k=16),  # several programs, ragged edges
-         "one tile": fc.Tiles(block_m=128, block_n=64, block_k=16)}  # all 70 pixels and 48 channels in one
+         "one tile": fc.Tiles(block_m=128, block_n=64, block_k=16),  # all 70 pixels and 48 channels in one
+         "four image rows": fc.Tiles(block_n=32, block_k=16, rows=4)}  # 8x16 maps: 2 row tiles, ragged columns
 
 
 def _operands(n=2, h=5, w=7, ca=32, cb=16, c_out=48, seed=0):
@@ -35,7 +36,8 @@ def _operands(n=2, h=5, w=7, ca=32, cb=16, c_out=48, seed=0):
 @pytest.mark.parametrize("epilogue", ["bias", "bias table + silu", "shortcut 1x1", "residual",
                                       "bias per image", "bias table per image + silu"])
 def test_fused_conv_matches_pytorch(kernel, with_skip, epilogue):
-    o = _operands()
+    h, w = (8, 16) if TILES[kernel].rows else (5, 7)  # row tiles: heights a multiple of 4, widths a power of 2
+    o = _operands(h=h, w=w)
     skip = o["skip"] if with_skip else None
     w3 = [o["w3a"], o["w3b"]] if with_skip else [o["w3a"]]
     shortcut, w1, residual, bias, silu = (), [], None, o["bias"], False
@@ -52,9 +54,37 @@ def test_fused_conv_matches_pytorch(kernel, with_skip, epilogue):
     out = fc.fused_conv(o["x"], fc.pack_weights(w3, w1), bias, skip=skip, shortcut=shortcut,
                         residual=residual, silu=silu, tiles=TILES[kernel])
     ref = fc.reference_conv(o["x"], w3, w1, bias, skip=skip, shortcut=shortcut, residual=residual, silu=silu)
-    assert out.shape == ref.shape == (2, 5, 7, 48)
+    assert out.shape == ref.shape == (2, h, w, 48)
     assert ref.abs().max() > 1
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_row_tiles_are_the_default_where_they_measured_faster():
+    """Tiles of four image rows for launches with neither shortcut nor residual on 32- and 64-wide
+    maps, with at most 2048 accumulator values per row (docs/performance.md, eighth session)."""
+    assert fc.default_tiles(32, (64, 32), 256 * 64 * 64, (64, 64), plain=True).rows == 4
+    assert fc.default_tiles(64, (96, 64), 256 * 32 * 32, (32, 32), plain=True).rows == 4
+    assert fc.default_tiles(32, (32, 0), 256 * 64 * 64, (64, 64), plain=False).rows == 0  # a residual or shortcut
+    assert fc.default_tiles(96, (96, 0), 256 * 16 * 16, (16, 16), plain=True).rows == 0  # narrow maps
+    assert fc.default_tiles(32, (32, 0), 256 * 80 * 80, (80, 80), plain=True).rows == 0  # not a power of two
+    assert fc.default_tiles(64, (64, 0), 256 * 64 * 64, (64, 64), plain=True).rows == 0  # 4096 accumulators a row
+    assert fc.default_tiles(32, (32, 0), 6 * 64, (6, 64), plain=True).rows == 0  # 6 rows: no tiles of 4
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_row_tiles_refuse_maps_they_cannot_cover():
+    o = _operands(h=6, w=16)
+    packed = fc.pack_weights([o["w3a"]], [])
+    with pytest.raises(ValueError, match="row tiles take 4 rows"):
+        fc.fused_conv(o["x"], packed, o["bias"], tiles=fc.Tiles(block_k=16, rows=4))
+    o = _operands(h=8, w=12)
+    with pytest.raises(ValueError, match="power of two"):
+        fc.fused_conv(o["x"], packed, o["bias"], tiles=fc.Tiles(block_k=16, rows=4))
+    # and a shape that does fit takes the default (row) tiles without being asked
+    o = _operands(n=1, h=4, w=32, cb=16, c_out=16)
+    assert fc.default_tiles(16, (32, 0), 4 * 32, (4, 32), plain=True).rows == 4
+    out = fc.fused_conv(o["x"], fc.pack_weights([o["w3a"]], []), o["bias"])
+    torch.testing.assert_close(out, fc.reference_conv(o["x"], [o["w3a"]], [], o["bias"]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
