@@ -44,8 +44,8 @@ SWEEP = [  # block_n 0: from the output width, as the default; else at most that
     fc.Tiles(32, 0, 32, 4, 3), fc.Tiles(64, 64, 32, 4, 3),
     # narrower column tiles: 96 output channels fill 128-wide tiles only three quarters (and spill)
     fc.Tiles(128, 32, 32, 4, 3), fc.Tiles(64, 32, 32, 4, 3),
-    # tiles of four whole image rows (32- and 64-wide maps), 2 or 3 stages
-    fc.Tiles(0, 0, 32, 4, 3, rows=4), fc.Tiles(0, 0, 32, 4, 2, rows=4),
+    # tiles of four whole image rows (32- and 64-wide maps)
+    fc.Tiles(0, 0, 32, 2, 3, rows=4), fc.Tiles(0, 0, 32, 2, 2, rows=4), fc.Tiles(0, 0, 32, 4, 3, rows=4),
 ]
 
 
@@ -146,8 +146,7 @@ def compare_launches(calls: dict[str, list], tune: bool) -> tuple[list[dict], di
         channels = (x.shape[-1], k["skip"].shape[-1] if k.get("skip") is not None else 0,
                     *[t.shape[-1] for t in k.get("shortcut", ())])
         n, h, w = x.shape[:3]
-        plain = not k.get("shortcut") and k.get("residual") is None
-        default = fc.default_tiles(launch["out_channels"], channels[:2], n * h * w, (h, w), plain)
+        default = fc.default_tiles(launch["out_channels"], channels[:2], n * h * w, (h, w))
         candidates = {default: graph_ms(lambda: fc.fused_conv(*launch["args"], **k, tiles=default))}
         for proto in SWEEP if tune else []:
             block_n = min(proto.block_n, default.block_n) if proto.block_n else default.block_n

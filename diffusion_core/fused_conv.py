@@ -69,23 +69,25 @@ class Tiles:
     rows: int = 0  # 4: programs of four whole image rows (``_fused_conv_rows_kernel``; block_m unused)
 
 
-def default_tiles(c_out: int, channels: tuple[int, ...], pixels: int, image: tuple[int, int] = (0, 0),
-                  plain: bool = False) -> Tiles:
+def default_tiles(c_out: int, channels: tuple[int, ...], pixels: int, image: tuple[int, int] = (0, 0)) -> Tiles:
     """The launch configuration used unless one is given (from ``bench/bench_fused.py``'s
-    sweeps on an H100): 32-channel chunks of the 3x3 blocks' ``channels``, 128 pixels per program,
-    64 where the batch's pixels are few (8x8 maps), with 8 warps there for 128 output channels.
-    (The 1x1 blocks take 16-channel chunks where 32 does not divide them.)
+    sweeps on an H100):
 
-    Tiles of four whole image rows where they measured faster: ``plain`` launches (no shortcut, no
-    residual) on 32- or 64-pixel-wide ``image`` (height, width) maps with at most 2048 accumulator
-    values per row (width x output tile)."""
+    - on 32- and 64-pixel-wide maps (``image`` is (height, width)) with a height that is a multiple
+      of 4 and at most 2048 accumulator values per image row (width x output tile): tiles of four
+      whole image rows, 2 warps, 3 stages (2 for outputs of 16 channels or fewer);
+    - elsewhere 128 flattened pixels per program, 64 where the batch's pixels are few (8x8 maps),
+      with 8 warps there for 128 output channels;
+    - 32-channel chunks of the 3x3 blocks' ``channels`` (the 1x1 blocks take 16-channel chunks
+      where 32 does not divide them)."""
     block_k = 32 if all(c % 32 == 0 for c in channels) else 16
     block_n = min(128, max(16, 1 << (c_out - 1).bit_length()))
-    small = pixels <= 16384
     h, w = image
-    rows = 4 if plain and w in (32, 64) and h % 4 == 0 and w * block_n <= 2048 else 0
+    if w in (32, 64) and h % 4 == 0 and w * block_n <= 2048:
+        return Tiles(block_n=block_n, block_k=block_k, num_warps=2, num_stages=2 if block_n <= 16 else 3, rows=4)
+    small = pixels <= 16384
     return Tiles(block_m=64 if small else 128, block_n=block_n, block_k=block_k,
-                 num_warps=8 if small and block_n >= 128 else 4, num_stages=3, rows=rows)
+                 num_warps=8 if small and block_n >= 128 else 4, num_stages=3)
 
 
 def border_table(bias_map: torch.Tensor) -> torch.Tensor:
@@ -211,7 +213,9 @@ def _fused_conv_kernel(
 # r0 + 4, shifted by dx, once, and each loaded row serves up to three output rows (as their dy = -1,
 # 0, +1 tap): 18 row loads per four output rows instead of 36. The taps' re-reads from L2 are what
 # bounds the flat tiles on the up blocks' two-input launches (Nsight Compute on an H100: L2 86% busy
-# at 64x64 with 96 input channels); docs/performance.md, eighth session, has the measurements.
+# at 64x64 with 96 input channels). With 2 warps (Ampere-style mma.sync instead of Hopper's
+# warpgroup MMA) every 32- and 64-wide launch of the reference network ran 3-21% faster than the
+# flat tiles; docs/performance.md, eighth session, has the measurements.
 
 def _conv3x3_rows_part(acc0, acc1, acc2, acc3, x_ptr, C: tl.constexpr, w_ptr, w_row0, COUT, base, r0, H, w,
                        cols, in_cols, W: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
@@ -370,7 +374,7 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     if bias.shape != shapes.get(bias.dim()) or not bias.is_contiguous() or bias.device != x.device:
         raise ValueError(f"bias must be a contiguous [{c_out}], per image [{n}, {c_out}], a border table "
                          f"[3, 3, {c_out}] or one per image [{n}, 3, 3, {c_out}] on {x.device}; got {tuple(bias.shape)}")
-    t = tiles or default_tiles(c_out, (ca, cb), n * hh * ww, (hh, ww), plain=not shortcut and residual is None)
+    t = tiles or default_tiles(c_out, (ca, cb), n * hh * ww, (hh, ww))
     if t.rows and (t.rows != 4 or hh % 4 or ww < 16 or ww & (ww - 1)):
         raise ValueError(f"row tiles take 4 rows of maps whose height is a multiple of 4 and whose width is a power "
                          f"of two >= 16; got rows={t.rows} for {hh}x{ww}")

@@ -60,15 +60,17 @@ def test_fused_conv_matches_pytorch(kernel, with_skip, epilogue):
 
 
 def test_row_tiles_are_the_default_where_they_measured_faster():
-    """Tiles of four image rows for launches with neither shortcut nor residual on 32- and 64-wide
-    maps, with at most 2048 accumulator values per row (docs/performance.md, eighth session)."""
-    assert fc.default_tiles(32, (64, 32), 256 * 64 * 64, (64, 64), plain=True).rows == 4
-    assert fc.default_tiles(64, (96, 64), 256 * 32 * 32, (32, 32), plain=True).rows == 4
-    assert fc.default_tiles(32, (32, 0), 256 * 64 * 64, (64, 64), plain=False).rows == 0  # a residual or shortcut
-    assert fc.default_tiles(96, (96, 0), 256 * 16 * 16, (16, 16), plain=True).rows == 0  # narrow maps
-    assert fc.default_tiles(32, (32, 0), 256 * 80 * 80, (80, 80), plain=True).rows == 0  # not a power of two
-    assert fc.default_tiles(64, (64, 0), 256 * 64 * 64, (64, 64), plain=True).rows == 0  # 4096 accumulators a row
-    assert fc.default_tiles(32, (32, 0), 6 * 64, (6, 64), plain=True).rows == 0  # 6 rows: no tiles of 4
+    """Tiles of four image rows, 2 warps, on 32- and 64-wide maps with at most 2048 accumulator
+    values per row (docs/performance.md, eighth session); flattened pixels elsewhere."""
+    t = fc.default_tiles(32, (64, 32), 256 * 64 * 64, (64, 64))
+    assert (t.rows, t.num_warps, t.num_stages, t.block_n) == (4, 2, 3, 32)
+    assert fc.default_tiles(64, (96, 64), 256 * 32 * 32, (32, 32)).rows == 4
+    assert fc.default_tiles(3, (32, 0), 256 * 64 * 64, (64, 64)).num_stages == 2  # the head's 3 channels
+    assert fc.default_tiles(96, (96, 0), 256 * 16 * 16, (16, 16)).rows == 0  # narrow maps
+    assert fc.default_tiles(32, (32, 0), 256 * 80 * 80, (80, 80)).rows == 0  # not a power of two
+    assert fc.default_tiles(64, (64, 0), 256 * 64 * 64, (64, 64)).rows == 0  # 4096 accumulators a row
+    assert fc.default_tiles(32, (32, 0), 6 * 64, (6, 64)).rows == 0  # 6 rows: no tiles of 4
+    assert fc.default_tiles(32, (32, 0), 256 * 64 * 64).rows == 0  # no image shape given
 
 
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
@@ -82,7 +84,7 @@ def test_row_tiles_refuse_maps_they_cannot_cover():
         fc.fused_conv(o["x"], packed, o["bias"], tiles=fc.Tiles(block_k=16, rows=4))
     # and a shape that does fit takes the default (row) tiles without being asked
     o = _operands(n=1, h=4, w=32, cb=16, c_out=16)
-    assert fc.default_tiles(16, (32, 0), 4 * 32, (4, 32), plain=True).rows == 4
+    assert fc.default_tiles(16, (32, 0), 4 * 32, (4, 32)).rows == 4
     out = fc.fused_conv(o["x"], fc.pack_weights([o["w3a"]], []), o["bias"])
     torch.testing.assert_close(out, fc.reference_conv(o["x"], [o["w3a"]], [], o["bias"]), rtol=1e-5, atol=1e-5)
 
