@@ -71,9 +71,9 @@ class LoadedModel:
     def fused_network(self) -> CudaGraphed | None:
         """The fused Triton sampling network (diffusion_core/fused_unet.py) replayed as CUDA graphs,
         where it runs (CUDA, Triton, channel counts multiples of 16); None elsewhere. 50-step DDIM
-        of 256 images on an H100: 1,408 images/s against 647 for the folded network eagerly and
-        1,127 compiled by Inductor (docs/performance.md). Built once; the kernels compile on their
-        first call (about 25 s on a new machine, then from Triton's disk cache)."""
+        of 256 images on an H100: 2,123 images/s against 643 for the folded network eagerly and
+        1,118 compiled by Inductor (docs/performance.md, eighth session). Built once; the kernels
+        compile on their first call (about 20-30 s on a new machine, then from Triton's disk cache)."""
         if not fused_available(self.network):
             return None
         return CudaGraphed(FusedUNet(self.network))

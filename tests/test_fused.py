@@ -337,3 +337,33 @@ def test_the_benchmark_runs_each_launch_with_its_tuned_tiles():
         out = fc.fused_conv(o["x"], packed[:9 * 32], o["bias"])  # another launch: the default tiles
     assert fc.fused_conv is real
     torch.testing.assert_close(out, fc.reference_conv(o["x"], [o["w3a"]], [], o["bias"]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_the_ab_tool_loads_an_earlier_revision_beside_the_current_modules(tmp_path):
+    """bench/ab_fused.py: a revision's fused modules, extracted from git into a folder of any name,
+    import as a package of their own (their imports of the rest of diffusion_core made absolute)
+    and compute what the current network computes (HEAD here: the same code)."""
+    import subprocess
+    from pathlib import Path
+
+    from bench import ab_fused
+    from diffusion_core import fused_unet
+    repo = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    base = ab_fused.extract("HEAD", tmp_path / ".ab-base", repo)
+    assert "from diffusion_core.folding import" in (base / "fused_unet.py").read_text()
+    assert "from .fused_conv import" in (base / "fused_resample.py").read_text()  # its own, still relative
+    old = ab_fused.load(base, package="ab_test_fused")
+    assert old is not fused_unet and old.fc is not fc and old.fc.__name__ == "ab_test_fused.fused_conv"
+    config = UNetConfig(widths=(16, 32), block_depth=1, image_size=8, embedding_dims=16)
+    net = _network(config)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    v = torch.rand(2, dtype=torch.float64)
+    with torch.inference_mode():
+        torch.testing.assert_close(old.FusedUNet(net, torch.float64)(x, v), FusedUNet(net, torch.float64)(x, v))
+    with pytest.raises(SystemExit, match="cannot read"):
+        ab_fused.extract("no-such-revision", tmp_path / "x", repo)
+    with pytest.raises(SystemExit, match="holds no extracted fused modules"):
+        ab_fused.load(tmp_path / "empty")
