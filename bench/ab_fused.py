@@ -79,7 +79,8 @@ def run(base: Path, rounds: int, calls: int, batch: int) -> dict:
         memory_format=torch.channels_last)
     v = torch.rand(batch, device=dev, generator=g)
     revision = (base / "REVISION").read_text().strip() if (base / "REVISION").exists() else str(base)
-    graphs = {revision: old.CudaGraphed(old.FusedUNet(net)), "current": fused_unet.CudaGraphed(fused_unet.FusedUNet(net))}
+    graphs = {revision: old.CudaGraphed(old.FusedUNet(net)),
+              "current": fused_unet.CudaGraphed(fused_unet.FusedUNet(net))}
     res: dict = {"batch": batch, "device": torch.cuda.get_device_name(dev), "torch": torch.__version__}
     with torch.inference_mode():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
