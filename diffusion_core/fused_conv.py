@@ -244,19 +244,18 @@ def _conv3x3_rows_part(acc0, acc1, acc2, acc3, x_ptr, C: tl.constexpr, w_ptr, w_
             wm = tl.load(q, mask=in_cols[None, :], other=0.0)
             w0 = tl.load(q + 3 * C * COUT, mask=in_cols[None, :], other=0.0)
             wp = tl.load(q + 6 * C * COUT, mask=in_cols[None, :], other=0.0)
-        acc0 = tl.dot(a0, wm, acc0)
-        acc0 = tl.dot(a1, w0, acc0)
-        acc0 = tl.dot(a2, wp, acc0)
-        acc1 = tl.dot(a1, wm, acc1)
-        acc1 = tl.dot(a2, w0, acc1)
-        acc1 = tl.dot(a3, wp, acc1)
-        acc2 = tl.dot(a2, wm, acc2)
-        acc2 = tl.dot(a3, w0, acc2)
-        acc2 = tl.dot(a4, wp, acc2)
-        acc3 = tl.dot(a3, wm, acc3)
-        acc3 = tl.dot(a4, w0, acc3)
-        acc3 = tl.dot(a5, wp, acc3)
+        acc0 = _three_taps(acc0, a0, a1, a2, wm, w0, wp)
+        acc1 = _three_taps(acc1, a1, a2, a3, wm, w0, wp)
+        acc2 = _three_taps(acc2, a2, a3, a4, wm, w0, wp)
+        acc3 = _three_taps(acc3, a3, a4, a5, wm, w0, wp)
     return acc0, acc1, acc2, acc3
+
+
+def _three_taps(acc, above, at, below, wm, w0, wp):
+    """acc += one output row's dy = -1, 0, +1 taps (for one dx): the rows above, at and below it."""
+    acc = tl.dot(above, wm, acc)
+    acc = tl.dot(at, w0, acc)
+    return tl.dot(below, wp, acc)
 
 
 def _conv1x1_rows_part(acc0, acc1, acc2, acc3, x_ptr, C: tl.constexpr, w_ptr, w_row0, COUT, base, w, cols,
@@ -328,6 +327,7 @@ if triton is not None:  # compiled on first launch (or interpreted under TRITON_
     _conv1x1_part = triton.jit(_conv1x1_part)
     _epilogue = triton.jit(_epilogue)
     _fused_conv_kernel = triton.jit(_fused_conv_kernel)
+    _three_taps = triton.jit(_three_taps)
     _conv3x3_rows_part = triton.jit(_conv3x3_rows_part)
     _conv1x1_rows_part = triton.jit(_conv1x1_rows_part)
     _fused_conv_rows_kernel = triton.jit(_fused_conv_rows_kernel)
