@@ -59,7 +59,7 @@ def compile_pays(model: LoadedModel, num_images: int, config: SamplerConfig,
       reference and the shipped networks (5.7 to 12.7 ms saved per call); the first call of a
       process costs about 2 s once Triton's disk cache holds the kernels, so they pay from about
       350 calls; the very first use on a machine compiles them (20-30 s), which a job of 2,000 to
-      5,000 calls repays. The threshold stays at 1,000: a little above break-even.
+      5,000 calls repays. The threshold stays at 1,000, between those two break-evens.
     - torch.compile (ddpm_01_narrow): 10.5 ms eagerly against 5.6 ms compiled, and compiling costs
       about 29 s for the first batch shape and 13 s for a second, in every process: it pays from
       about 8,600 calls, a 1000-step DDPM evaluation or a FID-50k run, never a grid."""
