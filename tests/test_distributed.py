@@ -66,11 +66,14 @@ def test_torchrun_cli(tmp_path):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text("[network]\nwidths = [8, 16]\nblock_depth = 1\nimage_size = 16\n[train]\nepochs = 2\nbatch_size = 4\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffusion_core",
-                        "train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu",
-                        "--quiet", "--cache-dir", str(tmp_path / "cache")],
+    # --standalone: a rendezvous on a free local port, so a busy default port (29500) on a shared CI
+    # machine cannot make the test fail; the CLI sees the same environment as under plain torchrun
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "diffusion_core", "train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"),
+                        "--device", "cpu", "--quiet", "--cache-dir", str(tmp_path / "cache")],
                        capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-2000:]
+    # on failure, the first lines of stderr (a rank's own error) as well as the launcher's summary
+    assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]
     assert r.stdout.count("2 process(es)") == 1  # rank 0 alone reports
     desc = json.loads((tmp_path / "run" / "model.json").read_text())
     assert desc["training"]["steps"] == 8 and desc["training"]["images_seen"] == 32
