@@ -367,3 +367,35 @@ def test_the_ab_tool_loads_an_earlier_revision_beside_the_current_modules(tmp_pa
         ab_fused.extract("no-such-revision", tmp_path / "x", repo)
     with pytest.raises(SystemExit, match="holds no extracted fused modules"):
         ab_fused.load(tmp_path / "empty")
+
+
+def test_the_sass_report_compiles_for_hopper_without_a_gpu():
+    """bench/sass_report.py: Triton compiles the kernel for sm_90 on this CPU and its wheel's tools
+    read the result: warpgroup MMAs in the flat tiles' loop, mma.sync in the 2-warp row tiles, a
+    register count within the hardware's 255. (A process of its own: the tests run Triton's
+    interpreter, which cannot compile.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm").exists():
+        pytest.skip("Triton's wheel carries no NVIDIA tools here")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "bench.sass_report", "--json", "--case", "flat-8x8-128-residual",
+                        "rows-64"], capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout)
+    flat, rows = got["flat-8x8-128-residual"], got["rows-64"]
+    assert flat["hgmma"] > 0 and flat["hmma"] == 0
+    assert len(flat["loops"]) == 1 and flat["loops"][0]["hgmma"] > 0  # the 3x3 loop: 4 chunks x 9 taps
+    assert 0 < flat["registers"] <= 255 and flat["shared_bytes"] > 0
+    assert flat["instructions"] > sum(loop["instructions"] for loop in flat["loops"])
+    assert rows["hmma"] > 0 and rows["hgmma"] == 0  # 2 warps: no warpgroup
+    # under the interpreter the tool refuses, saying why
+    r = subprocess.run([sys.executable, "-m", "bench.sass_report", "--case", "rows-64"], capture_output=True,
+                       text=True, cwd=root, env=dict(env, TRITON_INTERPRET="1"), timeout=300)
+    assert r.returncode != 0 and "unset it" in r.stderr
