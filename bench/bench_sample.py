@@ -174,7 +174,7 @@ def grid_overhead(settings: Settings) -> Row:
     config = SamplerConfig("ddim", steps)
     x = seed_noise(seeds, model.image_shape, settings.device)
     variance = torch.full((len(seeds),), 0.5, device=settings.device)
-    denoiser = model.denoiser()  # what the grid runs: the fused kernels on CUDA, the folded network on a CPU
+    denoiser = model.denoiser()  # what a grid runs (too few calls for a compiled network): the folded network
 
     def bare() -> torch.Tensor:
         for _ in range(steps):

@@ -78,16 +78,18 @@ class LoadedModel:
             return None
         return CudaGraphed(FusedUNet(self.network))
 
+    def runs_fused(self, autocast: torch.dtype | str | None = AUTO) -> bool:
+        """Whether a compiled Denoiser (``denoiser(autocast, compile=True)``) runs the fused kernels:
+        bf16 sampling (they have no float32 version) where ``fused_available``; else torch.compile."""
+        return sampling_autocast(autocast, self.device) == torch.bfloat16 and fused_available(self.network)
+
     def denoiser(self, autocast: torch.dtype | str | None = AUTO, compile: bool = False) -> Denoiser:
-        """The model's Denoiser. ``compile``: the fused kernels where they run (bf16 on CUDA, see
-        ``fused_network``), else the folded network through torch.compile; otherwise the folded
-        network eagerly. If the fused or compiled network fails, the Denoiser says so and falls
-        back to eager."""
-        fast = None
-        if compile and sampling_autocast(autocast, self.device) == torch.bfloat16:
-            fast = self.fused_network
+        """The model's Denoiser. ``compile``: the fused kernels where they run (``runs_fused``),
+        else the folded network through torch.compile; otherwise the folded network eagerly. If the
+        fused or compiled network fails, the Denoiser says so and falls back to eager."""
+        fast = self.fused_network if compile and self.runs_fused(autocast) else None
         return Denoiser(self.sampling_network, self.experiment.train.prediction, self.normalization, autocast,
-                        compile=compile and fast is None, fast=fast)
+                        compile=compile, fast=fast)
 
 
 def _read_umask() -> int:

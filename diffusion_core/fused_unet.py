@@ -32,6 +32,7 @@ from torch import nn
 from . import fused_conv as fc
 from . import fused_resample as fr
 from .folding import FoldedResidualBlock, fold_batchnorm
+from .model import module_device
 from .unet import UNet, noise_embedding
 
 
@@ -227,10 +228,8 @@ def fusable(network: UNet) -> bool:
 def fused_available(network: UNet) -> bool:
     """Whether ``network`` can sample through the fused kernels where it is: on CUDA with Triton,
     channel counts multiples of 16, and not switched off by DIFFUSION_EXPLORER_FUSED=0."""
-    device = next(network.parameters()).device
-    return (os.environ.get("DIFFUSION_EXPLORER_FUSED", "1") != "0" and fc.available(device)
+    return (os.environ.get("DIFFUSION_EXPLORER_FUSED", "1") != "0" and fc.available(module_device(network))
             and fusable(network))
-
 
 
 class CudaGraphed(nn.Module):

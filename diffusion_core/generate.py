@@ -12,9 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import LoadedModel
-from .fused_unet import fused_available
 from .interpolation import Method, interpolate
-from .model import AUTO, Denoiser, sampling_autocast
+from .model import AUTO, Denoiser
 from .samplers import NoiseSource, SamplerConfig, StepState, ddim_invert, sample, sample_steps, seed_noise
 from .schedules import max_sampling_steps
 
@@ -66,8 +65,7 @@ def compile_pays(model: LoadedModel, num_images: int, config: SamplerConfig,
     if model.device.type != "cuda":
         return False
     calls = -(-num_images // _chunk_size(model)) * config.num_steps
-    fused = sampling_autocast(autocast, model.device) == torch.bfloat16 and fused_available(model.network)
-    return calls >= (FUSED_MIN_CALLS if fused else COMPILE_MIN_CALLS)
+    return calls >= (FUSED_MIN_CALLS if model.runs_fused(autocast) else COMPILE_MIN_CALLS)
 
 
 def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,

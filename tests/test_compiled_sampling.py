@@ -1,14 +1,16 @@
 """Compiled sampling for long jobs: same images as eager, one compilation per network and batch
 shape, an eager fallback when compiling fails, and the rule that decides when it pays."""
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from diffusion_core import checkpoint
 from diffusion_core import generate as G
-from diffusion_core.checkpoint import load_checkpoint
+from diffusion_core.checkpoint import LoadedModel, load_checkpoint
 from diffusion_core.cli import build_parser
 from diffusion_core.samplers import SamplerConfig
 from tests.helpers import make_tiny_checkpoint
@@ -53,14 +55,17 @@ def test_a_compile_that_fails_falls_back_to_eager_once(model, monkeypatch, capsy
 
 
 def _fake(device, size=64):
-    return SimpleNamespace(device=torch.device(device), network=None,
+    """A model of this resolution on ``device`` with LoadedModel's own ``runs_fused`` rule."""
+    fake = SimpleNamespace(device=torch.device(device), network=None,
                            experiment=SimpleNamespace(network=SimpleNamespace(image_size=size)))
+    fake.runs_fused = functools.partial(LoadedModel.runs_fused, fake)
+    return fake
 
 
 def test_compiling_pays_on_cuda_from_the_call_count(monkeypatch):
     """Network calls = batches x steps, a batch being MAX_BATCH_PIXELS of the model's resolution
     (256 images at 64 px); where the fused kernels cannot run, torch.compile's threshold."""
-    monkeypatch.setattr(G, "fused_available", lambda network: False)
+    monkeypatch.setattr(checkpoint, "fused_available", lambda network: False)
     fake = _fake
 
     ddim50, ddpm1000 = SamplerConfig("ddim", 50), SamplerConfig("ddpm", 1000)
@@ -78,7 +83,7 @@ def test_compiling_pays_on_cuda_from_the_call_count(monkeypatch):
 
 def test_compiling_pays_sooner_where_the_fused_kernels_run(monkeypatch):
     """The fused kernels' threshold, only for bf16 sampling (they have no float32 version)."""
-    monkeypatch.setattr(G, "fused_available", lambda network: True)
+    monkeypatch.setattr(checkpoint, "fused_available", lambda network: True)
     ddim50 = SamplerConfig("ddim", 50)
     assert G.FUSED_MIN_CALLS == 1_000
     assert not G.compile_pays(_fake("cuda"), 2911, ddim50)  # the FID protocol: 12 x 50 = 600

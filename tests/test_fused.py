@@ -255,6 +255,7 @@ def test_the_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
     assert fresh.denoiser(torch.bfloat16, compile=True)._forward is fast._forward  # built once
     assert fresh.denoiser(torch.bfloat16)._forward is fresh.sampling_network  # not asked: eager
     assert fresh.denoiser(None, compile=True)._forward is not fast._forward  # float32: torch.compile, no bf16 kernels
+    assert fresh.runs_fused(torch.bfloat16) and not fresh.runs_fused(None)  # the rule compile_pays uses too
 
 
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
