@@ -67,7 +67,7 @@ def run(base: Path, rounds: int, calls: int, batch: int) -> dict:
 
     from bench.bench_fused import cuda_ms
     from bench.bench_sample import random_network
-    from bench.common import REFERENCE
+    from bench.common import REFERENCE, full_fp32
     from diffusion_core import fused_unet
 
     old = load(base)
@@ -83,8 +83,8 @@ def run(base: Path, rounds: int, calls: int, batch: int) -> dict:
               "current": fused_unet.CudaGraphed(fused_unet.FusedUNet(net))}
     res: dict = {"batch": batch, "device": torch.cuda.get_device_name(dev), "torch": torch.__version__}
     with torch.inference_mode():
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        ref = net(x, v).float()
+        with full_fp32(dev):
+            ref = net(x, v).float()
         for name, graph in graphs.items():
             out = graph(x, v).float()
             res[f"{name} rel L2 vs fp32"] = float((out - ref).norm() / ref.norm())

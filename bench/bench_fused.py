@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.bench_sample import random_network
-from bench.common import REFERENCE
+from bench.common import REFERENCE, full_fp32
 from diffusion_core import fused_conv as fc
 from diffusion_core import fused_resample as fr
 from diffusion_core.checkpoint import find_checkpoints, load_checkpoint
@@ -150,8 +150,7 @@ def compare_launches(calls: dict[str, list], tune: bool) -> tuple[list[dict], di
         candidates = {default: graph_ms(lambda: fc.fused_conv(*launch["args"], **k, tiles=default))}
         for proto in SWEEP if tune else []:
             block_n = min(proto.block_n, default.block_n) if proto.block_n else default.block_n
-            t = fc.Tiles(proto.block_m, block_n, proto.block_k, proto.num_warps, proto.num_stages, proto.cache,
-                         proto.rows)
+            t = fc.Tiles(proto.block_m, block_n, proto.block_k, proto.num_warps, proto.num_stages, proto.rows)
             if t in candidates or any(c % t.block_k for c in channels[:2] if c) or (
                     t.rows and (h % t.rows or w not in (32, 64))):
                 continue
@@ -248,11 +247,10 @@ def main() -> None:
     result["fused_first_call_s"] = first_call_s(build, x, v)  # Triton compiling (or its disk cache)
     print(f"fused first call {result['fused_first_call_s']:.1f} s", flush=True)
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     with torch.inference_mode():
-        ref = net(x, v).float()
+        with full_fp32(device):
+            ref = net(x, v).float()
         out = fused(x, v).float()
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     result["call_rel_l2_vs_fp32"] = float((out - ref).norm() / ref.norm())
     print(f"one call, fused bf16 vs fp32: rel L2 {result['call_rel_l2_vs_fp32']:.2e}", flush=True)
 
@@ -297,9 +295,8 @@ def main() -> None:
         torch.cuda.synchronize()
         sampling[label] = n / (cuda_ms(run, reps=5, warm=1) / 1e3)
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    ddim(Denoiser(net, "v", PixelNormalization(), None), "fp32")
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    with full_fp32(device):
+        ddim(Denoiser(net, "v", PixelNormalization(), None), "fp32")
     ddim(Denoiser(folded, "v", PixelNormalization()), "folded eager")
     ddim(Denoiser(compiled, "v", PixelNormalization()), "folded + compiled (Inductor)")
     ddim(Denoiser(fused, "v", PixelNormalization()), "fused eager")

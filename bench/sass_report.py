@@ -30,15 +30,15 @@ from diffusion_core import fused_conv as fc
 _FLAGS = dict(HAS_B=False, HAS_SA=False, HAS_SB=False, BIAS_TABLE=True, BIAS_PER_IMAGE=False, SILU=True,
               RESIDUAL=False, BLOCK_K=32, BLOCK_K1=32, FAST_MATH=True, EVEN_N=True, CB=0, SA=0, SB=0)
 CASES = {
-    "flat-16x16-96": ("flat", dict(_FLAGS, CA=96, BLOCK_M=128, BLOCK_N=128, CACHE=""), 4, 3),
-    "flat-8x8-128-residual": ("flat", dict(_FLAGS, CA=128, BLOCK_M=64, BLOCK_N=128, CACHE="", BIAS_TABLE=False,
+    "flat-16x16-96": ("flat", dict(_FLAGS, CA=96, BLOCK_M=128, BLOCK_N=128), 4, 3),
+    "flat-8x8-128-residual": ("flat", dict(_FLAGS, CA=128, BLOCK_M=64, BLOCK_N=128, BIAS_TABLE=False,
                                            SILU=False, RESIDUAL=True), 8, 3),
     "rows-64": ("rows", dict(_FLAGS, CA=32, BLOCK_N=32, W=64), 2, 3),
     "rows-64-up": ("rows", dict(_FLAGS, CA=64, CB=32, HAS_B=True, BLOCK_N=32, W=64), 2, 3),
     "rows-32-shortcut": ("rows", dict(_FLAGS, CA=64, SA=96, SB=64, HAS_SA=True, HAS_SB=True, BIAS_TABLE=False,
                                       SILU=False, BLOCK_N=64, W=32), 2, 3),
     # the flat tiles that the 64-wide launches took before the row tiles
-    "flat-64": ("flat", dict(_FLAGS, CA=32, BLOCK_M=128, BLOCK_N=32, CACHE=""), 4, 3),
+    "flat-64": ("flat", dict(_FLAGS, CA=32, BLOCK_M=128, BLOCK_N=32), 4, 3),
 }
 
 

@@ -65,7 +65,6 @@ class Tiles:
     block_k: int = 32
     num_warps: int = 4
     num_stages: int = 3
-    cache: str = ""  # cache modifier of the flat tiles' 3x3 loads ("" or ".ca"; no effect measured on Triton 3.6)
     rows: int = 0  # 4: programs of four whole image rows (``_fused_conv_rows_kernel``; block_m unused)
 
 
@@ -116,7 +115,7 @@ def pack_weights(conv3: list[torch.Tensor], conv1: list[torch.Tensor]) -> torch.
 
 
 def _conv3x3_part(acc, x_ptr, C: tl.constexpr, w_ptr, w_row0, COUT, base, nb, cols, in_cols, W,
-                  BLOCK_K: tl.constexpr, CACHE: tl.constexpr, EVEN_N: tl.constexpr):
+                  BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
     """acc += the 3x3 convolution of one C-channel NHWC block, weights from packed row w_row0 on.
     ``base``: each output pixel's flat index; ``nb``: its 9-bit mask of taps inside the image."""
     ks = tl.arange(0, BLOCK_K)
@@ -126,8 +125,7 @@ def _conv3x3_part(acc, x_ptr, C: tl.constexpr, w_ptr, w_row0, COUT, base, nb, co
         c0 = (kk % CHUNKS) * BLOCK_K
         shift = ((tap // 3 - 1) * W + (tap % 3 - 1)) * C + c0  # the neighbour's offset, the same for every pixel
         ok = (nb & (1 << tap)) != 0  # else zero padding
-        a = tl.load(x_ptr + (base + shift)[:, None] + ks[None, :], mask=ok[:, None], other=0.0,
-                    cache_modifier=CACHE)
+        a = tl.load(x_ptr + (base + shift)[:, None] + ks[None, :], mask=ok[:, None], other=0.0)
         w_rows = (w_row0 + tap * C + c0 + ks)[:, None] * COUT + cols[None, :]
         if EVEN_N:
             b = tl.load(w_ptr + w_rows)
@@ -180,7 +178,7 @@ def _fused_conv_kernel(
     HAS_B: tl.constexpr, HAS_SA: tl.constexpr, HAS_SB: tl.constexpr,
     BIAS_TABLE: tl.constexpr, BIAS_PER_IMAGE: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K1: tl.constexpr,
-    CACHE: tl.constexpr, FAST_MATH: tl.constexpr, EVEN_N: tl.constexpr,
+    FAST_MATH: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """Tiles of BLOCK_M flattened output pixels: each tap's neighbours loaded from global memory."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels (n, h, w) flattened
@@ -195,10 +193,10 @@ def _fused_conv_kernel(
     rx = tl.where(w > 0, 7, 6) & tl.where(w < W - 1, 7, 3)
     nb = tl.where(in_rows, ((ry & 1) * rx) | ((ry & 2) * 4 * rx) | ((ry & 4) * 16 * rx), 0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _conv3x3_part(acc, xa_ptr, CA, w_ptr, 0, COUT, rows * CA, nb, cols, in_cols, W, BLOCK_K, CACHE, EVEN_N)
+    acc = _conv3x3_part(acc, xa_ptr, CA, w_ptr, 0, COUT, rows * CA, nb, cols, in_cols, W, BLOCK_K, EVEN_N)
     if HAS_B:  # the second block of a concatenation (an up block's skip)
         acc = _conv3x3_part(acc, xb_ptr, CB, w_ptr, 9 * CA, COUT, rows * CB, nb, cols, in_cols, W,
-                            BLOCK_K, CACHE, EVEN_N)
+                            BLOCK_K, EVEN_N)
     if HAS_SA:  # 1x1 shortcut
         acc = _conv1x1_part(acc, sa_ptr, SA, w_ptr, 9 * (CA + CB), COUT, rows, cols, in_rows, in_cols, BLOCK_K1)
     if HAS_SB:
@@ -401,7 +399,7 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     else:
         grid = (triton.cdiv(n * hh * ww, t.block_m), triton.cdiv(c_out, t.block_n))
         _fused_conv_kernel[grid](*tensors, n * hh * ww, hh, ww, ca, cb, sa, sb, c_out, BLOCK_M=t.block_m,
-                                 CACHE=t.cache, **flags, **launch)
+                                 **flags, **launch)
     return out
 
 
