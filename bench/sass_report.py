@@ -21,24 +21,36 @@ import os
 import re
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from diffusion_core import fused_conv as fc
 
-# name -> (kernel, constexprs, num_warps, num_stages): the reference network's launch kinds, with
-# the tiles default_tiles gives them
-_FLAGS = dict(HAS_B=False, HAS_SA=False, HAS_SB=False, BIAS_TABLE=True, BIAS_PER_IMAGE=False, SILU=True,
-              RESIDUAL=False, BLOCK_K=32, BLOCK_K1=32, FAST_MATH=True, EVEN_N=True, CB=0, SA=0, SB=0)
+BATCH = 256  # the reference network's benchmark batch: default_tiles looks at the batch's pixels
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A launch kind of the reference network: map size, output and input channels (3x3 ``x``,
+    3x3 ``skip``, two 1x1 shortcuts; 0 where absent), epilogue, and tiles (None: ``default_tiles``,
+    what fused_conv runs)."""
+    image: tuple[int, int]
+    c_out: int
+    channels: tuple[int, int, int, int]
+    table: bool = True
+    silu: bool = True
+    residual: bool = False
+    tiles: fc.Tiles | None = None
+
+
 CASES = {
-    "flat-16x16-96": ("flat", dict(_FLAGS, CA=96, BLOCK_M=128, BLOCK_N=128), 4, 3),
-    "flat-8x8-128-residual": ("flat", dict(_FLAGS, CA=128, BLOCK_M=64, BLOCK_N=128, BIAS_TABLE=False,
-                                           SILU=False, RESIDUAL=True), 8, 3),
-    "rows-64": ("rows", dict(_FLAGS, CA=32, BLOCK_N=32, W=64), 2, 3),
-    "rows-64-up": ("rows", dict(_FLAGS, CA=64, CB=32, HAS_B=True, BLOCK_N=32, W=64), 2, 3),
-    "rows-32-shortcut": ("rows", dict(_FLAGS, CA=64, SA=96, SB=64, HAS_SA=True, HAS_SB=True, BIAS_TABLE=False,
-                                      SILU=False, BLOCK_N=64, W=32), 2, 3),
+    "flat-16x16-96": Launch((16, 16), 96, (96, 0, 0, 0)),
+    "flat-8x8-128-residual": Launch((8, 8), 128, (128, 0, 0, 0), table=False, silu=False, residual=True),
+    "rows-64": Launch((64, 64), 32, (32, 0, 0, 0)),
+    "rows-64-up": Launch((64, 64), 32, (64, 32, 0, 0)),
+    "rows-32-shortcut": Launch((32, 32), 64, (64, 0, 96, 64), table=False, silu=False),
     # the flat tiles that the 64-wide launches took before the row tiles
-    "flat-64": ("flat", dict(_FLAGS, CA=32, BLOCK_M=128, BLOCK_N=32), 4, 3),
+    "flat-64": Launch((64, 64), 32, (32, 0, 0, 0), tiles=fc.Tiles(128, 32, 32, 4, 3)),
 }
 
 
@@ -58,12 +70,13 @@ def compile_case(case: str, arch: int = 90):
 
     if fc.interpreting():
         raise SystemExit("Triton's interpreter is on (TRITON_INTERPRET=1): unset it to compile kernels")
-    kind, constexprs, warps, stages = CASES[case]
-    fn = fc._fused_conv_rows_kernel if kind == "rows" else fc._fused_conv_kernel
+    launch = CASES[case]
+    h, w = launch.image
+    tiles = launch.tiles or fc.default_tiles(launch.c_out, launch.channels[:2], BATCH * h * w, launch.image)
+    constexprs = fc.kernel_constants(launch.c_out, launch.channels, tiles, w, table=launch.table, per_image=False,
+                                     silu=launch.silu, residual=launch.residual)
+    fn = fc._fused_conv_rows_kernel if tiles.rows else fc._fused_conv_kernel
     names = fn.arg_names
-    unknown = set(constexprs) - set(names)
-    if unknown:
-        raise ValueError(f"case {case}: the kernel has no arguments {sorted(unknown)}")
     signature = {}
     for n in names:
         signature[n] = ("constexpr" if n in constexprs else "*fp32" if n == "bias_ptr" else "*bf16"
@@ -73,7 +86,8 @@ def compile_case(case: str, arch: int = 90):
              if n not in constexprs and n not in ("H",)}
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()},
                     attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": tiles.num_warps, "num_stages": tiles.num_stages})
 
 
 def report(kernel) -> dict:

@@ -89,6 +89,31 @@ def default_tiles(c_out: int, channels: tuple[int, ...], pixels: int, image: tup
                  num_warps=8 if small and block_n >= 128 else 4, num_stages=3)
 
 
+def check_offsets(*numels: int) -> None:
+    """The kernels' offsets are 32-bit: refuse tensors of 2**31 elements or more before launching."""
+    if max(numels) >= 2 ** 31:
+        raise ValueError("every activation must have fewer than 2**31 elements (the kernels' offsets are 32-bit); "
+                         "split the batch")
+
+
+def kernel_constants(c_out: int, channels: tuple[int, int, int, int], tiles: Tiles, width: int, *,
+                     table: bool, per_image: bool, silu: bool, residual: bool) -> dict:
+    """The compile-time constants of a launch (one compiled kernel per distinct set): the channel
+    blocks ``channels`` = (3x3 ``x``, 3x3 ``skip``, 1x1 shortcut, 1x1 shortcut; 0 where absent),
+    the tiles and the epilogue. ``bench/sass_report.py`` compiles kernels from the same constants."""
+    ca, cb, sa, sb = channels
+    block_k1 = tiles.block_k if all(c % tiles.block_k == 0 for c in (sa, sb)) else 16
+    constants = dict(CA=ca, CB=cb, SA=sa, SB=sb, HAS_B=cb > 0, HAS_SA=sa > 0, HAS_SB=sb > 0, BIAS_TABLE=table,
+                     BIAS_PER_IMAGE=per_image, SILU=silu, RESIDUAL=residual, BLOCK_N=tiles.block_n,
+                     BLOCK_K=tiles.block_k, BLOCK_K1=block_k1, FAST_MATH=not interpreting(),
+                     EVEN_N=c_out % tiles.block_n == 0)
+    if tiles.rows:
+        constants["W"] = width  # the row tiles' width is a compile-time constant
+    else:
+        constants["BLOCK_M"] = tiles.block_m
+    return constants
+
+
 def border_table(bias_map: torch.Tensor) -> torch.Tensor:
     """[H, W, C] -> [3, 3, C]: a bias map that depends only on whether a pixel is in the first, an
     inside or the last row and column (as a 3x3 convolution of a constant with zero padding is),
@@ -362,10 +387,7 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
         if t is not None and (t.shape[:3] != (n, hh, ww) or not t.is_contiguous() or t.device != x.device):
             raise ValueError(f"every activation must be a contiguous [N, H, W, C] tensor of shape "
                              f"({n}, {hh}, {ww}, C) on {x.device}; got {tuple(t.shape)}")
-    largest = max([t.numel() for t in (x, skip, *shortcut, residual) if t is not None] + [n * hh * ww * c_out])
-    if largest >= 2 ** 31:
-        raise ValueError("every activation must have fewer than 2**31 elements (the kernel's offsets are 32-bit); "
-                         "split the batch")
+    check_offsets(*[t.numel() for t in (x, skip, *shortcut, residual) if t is not None], n * hh * ww * c_out)
     if residual is not None and residual.shape[-1] != c_out:
         raise ValueError(f"residual has {residual.shape[-1]} channels, the output {c_out}")
     table, per_image = bias.dim() in (3, 4), bias.dim() in (2, 4)
@@ -381,7 +403,6 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
         raise ValueError(f"3x3 channel counts {(ca, cb)} must be multiples of block_k={t.block_k} (>= 16)")
     if any(c % 16 for c in (sa, sb)):
         raise ValueError(f"1x1 channel counts {(sa, sb)} must be multiples of 16")
-    block_k1 = t.block_k if all(c % t.block_k == 0 for c in (sa, sb)) else 16
     if triton is None:
         raise RuntimeError("the fused convolution needs Triton (pip install triton)")
     if x.device.type != "cuda" and not interpreting():
@@ -390,16 +411,14 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     launch = {} if interpreting() else {"num_warps": t.num_warps, "num_stages": t.num_stages}
     tensors = (x, skip if skip is not None else x, shortcut[0] if sa else x, shortcut[1] if sb else x,
                weight, bias, residual if residual is not None else x, out)
-    flags = dict(HAS_B=cb > 0, HAS_SA=sa > 0, HAS_SB=sb > 0, BIAS_TABLE=table, BIAS_PER_IMAGE=per_image, SILU=silu,
-                 RESIDUAL=residual is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, BLOCK_K1=block_k1,
-                 FAST_MATH=not interpreting(), EVEN_N=c_out % t.block_n == 0)
+    constants = kernel_constants(c_out, (ca, cb, sa, sb), t, ww, table=table, per_image=per_image, silu=silu,
+                                 residual=residual is not None)
     if t.rows:
         grid = (n * hh // 4, triton.cdiv(c_out, t.block_n))
-        _fused_conv_rows_kernel[grid](*tensors, hh, ww, ca, cb, sa, sb, c_out, **flags, **launch)
+        _fused_conv_rows_kernel[grid](*tensors, H=hh, COUT=c_out, **constants, **launch)
     else:
         grid = (triton.cdiv(n * hh * ww, t.block_m), triton.cdiv(c_out, t.block_n))
-        _fused_conv_kernel[grid](*tensors, n * hh * ww, hh, ww, ca, cb, sa, sb, c_out, BLOCK_M=t.block_m,
-                                 **flags, **launch)
+        _fused_conv_kernel[grid](*tensors, M=n * hh * ww, H=hh, W=ww, COUT=c_out, **constants, **launch)
     return out
 
 

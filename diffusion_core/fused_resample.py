@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .fused_conv import interpreting
+from .fused_conv import check_offsets, interpreting
 
 try:
     import triton
@@ -68,13 +68,16 @@ if triton is not None:
     _avgpool2x_kernel = triton.jit(_avgpool2x_kernel)
 
 
-def _check(x: torch.Tensor) -> tuple[int, int, int, int]:
+def _check(x: torch.Tensor, scale: float) -> tuple[int, int, int, int]:
+    """x's shape, once x is a contiguous NHWC tensor that the kernels can read and whose result
+    (``scale`` times its elements) they can address."""
     if triton is None:
         raise RuntimeError("the fused resampling kernels need Triton (pip install triton)")
     if x.dim() != 4 or not x.is_contiguous():
         raise ValueError(f"expected a contiguous NHWC tensor [N, H, W, C], got shape {tuple(x.shape)}")
     if x.device.type != "cuda" and not interpreting():
         raise RuntimeError("the fused resampling kernels run on CUDA (or, for tests, under TRITON_INTERPRET=1)")
+    check_offsets(x.numel(), int(x.numel() * scale))
     return tuple(x.shape)
 
 
@@ -84,7 +87,7 @@ def _block_c(c: int) -> int:
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
     """[N, H, W, C] -> [N, 2H, 2W, C], bilinear, align_corners=False."""
-    n, h, w, c = _check(x)
+    n, h, w, c = _check(x, 4)
     out = torch.empty(n, 2 * h, 2 * w, c, device=x.device, dtype=x.dtype)
     p = out.numel() // c
     _upsample2x_kernel[(triton.cdiv(p, BLOCK_P), triton.cdiv(c, _block_c(c)))](
@@ -94,7 +97,7 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
 
 def avgpool2x(x: torch.Tensor) -> torch.Tensor:
     """[N, H, W, C] -> [N, H/2, W/2, C], the mean of each 2x2 block (H and W even)."""
-    n, h, w, c = _check(x)
+    n, h, w, c = _check(x, 0.25)
     if h % 2 or w % 2:
         raise ValueError(f"2x2 pooling needs an even height and width, got {h}x{w}")
     out = torch.empty(n, h // 2, w // 2, c, device=x.device, dtype=x.dtype)

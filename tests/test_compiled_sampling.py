@@ -66,19 +66,18 @@ def test_compiling_pays_on_cuda_from_the_call_count(monkeypatch):
     """Network calls = batches x steps, a batch being MAX_BATCH_PIXELS of the model's resolution
     (256 images at 64 px); where the fused kernels cannot run, torch.compile's threshold."""
     monkeypatch.setattr(checkpoint, "fused_available", lambda network: False)
-    fake = _fake
 
     ddim50, ddpm1000 = SamplerConfig("ddim", 50), SamplerConfig("ddpm", 1000)
-    assert G._chunk_size(fake("cuda")) == 256
+    assert G._chunk_size(_fake("cuda")) == 256
     assert G.COMPILE_MIN_CALLS == 10_000
-    assert not G.compile_pays(fake("cuda"), 16, ddim50)  # a grid: 1 batch x 50 steps
-    assert not G.compile_pays(fake("cuda"), 2911, ddim50)  # the FID protocol: 12 x 50 = 600
-    assert G.compile_pays(fake("cuda"), 2911, ddpm1000)  # 12 x 1000
-    assert not G.compile_pays(fake("cuda"), 199 * 256, ddim50)  # 9,950 calls
-    assert G.compile_pays(fake("cuda"), 199 * 256 + 1, ddim50)  # 200 x 50 = 10,000
-    assert not G.compile_pays(fake("cuda", 128), 2911, ddim50)  # 64 per batch at 128 px: 46 x 50
-    assert G.compile_pays(fake("cuda", 128), 50_000, ddim50)  # 782 x 50
-    assert not G.compile_pays(fake("cpu"), 50_000, ddpm1000)  # never on a CPU
+    assert not G.compile_pays(_fake("cuda"), 16, ddim50)  # a grid: 1 batch x 50 steps
+    assert not G.compile_pays(_fake("cuda"), 2911, ddim50)  # the FID protocol: 12 x 50 = 600
+    assert G.compile_pays(_fake("cuda"), 2911, ddpm1000)  # 12 x 1000
+    assert not G.compile_pays(_fake("cuda"), 199 * 256, ddim50)  # 9,950 calls
+    assert G.compile_pays(_fake("cuda"), 199 * 256 + 1, ddim50)  # 200 x 50 = 10,000
+    assert not G.compile_pays(_fake("cuda", 128), 2911, ddim50)  # 64 per batch at 128 px: 46 x 50
+    assert G.compile_pays(_fake("cuda", 128), 50_000, ddim50)  # 782 x 50
+    assert not G.compile_pays(_fake("cpu"), 50_000, ddpm1000)  # never on a CPU
 
 
 def test_compiling_pays_sooner_where_the_fused_kernels_run(monkeypatch):

@@ -167,6 +167,15 @@ def test_resampling_kernels_match_pytorch(shape):
         fr.upsample2x(torch.randn(2, 4, 6, 16).transpose(1, 2))
 
 
+@pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
+def test_resampling_refuses_what_32_bit_offsets_cannot_address():
+    """Refused before any launch, like fused_conv (meta tensors: no memory, no kernel)."""
+    with pytest.raises(ValueError, match=r"fewer than 2\*\*31 elements"):
+        fr.upsample2x(torch.empty(2048, 64, 64, 64, device="meta"))  # 2**29 elements in, 2**31 out
+    with pytest.raises(ValueError, match=r"fewer than 2\*\*31 elements"):
+        fr.avgpool2x(torch.empty(8192, 64, 64, 64, device="meta"))  # 2**31 in
+
+
 def test_border_table_round_trip():
     """A 3x3 convolution of a constant with zero padding is a function of the border class."""
     w = torch.randn(6, 4, 3, 3, dtype=torch.float64)
