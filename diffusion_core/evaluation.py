@@ -40,11 +40,45 @@ def cached_features(images: np.ndarray, name: str, extractor: FeatureExtractor, 
 
 def real_vs_real_floor(real_feats: np.ndarray, seed: int = 0, frechet: str = "sqrtm") -> dict[str, float]:
     """FID and KID between two random halves of the real set: what "good" means at this N."""
-    order = np.random.default_rng(seed).permutation(len(real_feats))
-    half = len(order) // 2
-    r = fid_from_features(real_feats[order[:half]], real_feats[order[half:]], kid_subset_size=min(1000, half),
-                          method=frechet)
+    a, b = real_halves(len(real_feats), seed)
+    r = fid_from_features(real_feats[a], real_feats[b], kid_subset_size=min(1000, len(a)), method=frechet)
     return {"fid": r["fid"], "kid": r["kid"], "n_a": r["n_a"], "n_b": r["n_b"]}
+
+
+def real_halves(n: int, split: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of two disjoint random halves of ``n`` real images (sizes n // 2 and n - n // 2);
+    split 0 is the one ``real_vs_real_floor`` uses."""
+    order = np.random.default_rng(split).permutation(n)
+    return order[: n // 2], order[n // 2:]
+
+
+def equal_n_comparison(sample_feats: np.ndarray, real_feats: np.ndarray, splits: int = 3,
+                       frechet: str = "sqrtm") -> dict[str, Any]:
+    """FID / floor at equal N. FID is biased upwards by about c (1/N_a + 1/N_b), so a model's FID
+    means something against the real-vs-real floor only when both use the same N. For each split
+    s, the real set is cut into halves A_s (n // 2) and B_s (the rest): the floor is FID(A_s, B_s),
+    the model's figure is FID of |A_s| samples (a random subset, seeded by s) against B_s, the same
+    sizes on both sides. Means over the splits; KID (unbiased) beside each. ``sample_feats`` needs
+    at least n // 2 rows."""
+    n = len(real_feats)
+    half = n // 2
+    if len(sample_feats) < half:
+        raise ValueError(f"equal-N FID needs at least {half} samples (half of {n} real images), got {len(sample_feats)}")
+    if splits < 1:
+        raise ValueError(f"splits must be at least 1, got {splits}")
+    model, floor = [], []
+    for s in range(splits):
+        a, b = real_halves(n, s)
+        pick = np.random.default_rng(10_000 + s).permutation(len(sample_feats))[:half]
+        kid_size = min(1000, half)
+        floor.append(fid_from_features(real_feats[a], real_feats[b], kid_subset_size=kid_size, method=frechet))
+        model.append(fid_from_features(sample_feats[pick], real_feats[b], kid_subset_size=kid_size, method=frechet))
+    fid, floor_fid = float(np.mean([r["fid"] for r in model])), float(np.mean([r["fid"] for r in floor]))
+    return {"splits": splits, "num_samples": half, "num_reference": n - half,
+            "fid": round(fid, 3), "fid_std": round(float(np.std([r["fid"] for r in model])), 3),
+            "floor_fid": round(floor_fid, 3), "ratio": round(fid / floor_fid, 3),
+            "kid": round(float(np.mean([r["kid"] for r in model])), 5),
+            "floor_kid": round(float(np.mean([r["kid"] for r in floor])), 5)}
 
 
 def evaluation_record(r: dict[str, Any], sampler: SamplerConfig, reference: str, weights: str) -> dict[str, Any]:
@@ -57,10 +91,11 @@ def evaluation_record(r: dict[str, Any], sampler: SamplerConfig, reference: str,
 def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, sampler: SamplerConfig,
                    num_samples: int, extractor: FeatureExtractor, cache_dir: str | Path,
                    memorization: bool = True, autocast: torch.dtype | str | None = AUTO,
-                   frechet: str = "sqrtm", compile: bool | None = None) -> dict[str, Any]:
+                   frechet: str = "sqrtm", compile: bool | None = None, equal_n_splits: int = 0) -> dict[str, Any]:
     """FID/KID of ``num_samples`` samples against the real images (uint8 [N x R x R x 3] at the
-    model's resolution R); optionally the near-copy share. ``frechet``: see fid_from_features;
-    ``compile``: see generate. Returns a JSON-ready dict."""
+    model's resolution R); optionally the near-copy share and, with ``equal_n_splits`` > 0 (and at
+    least half as many samples as real images), FID / floor at equal N (``equal_n_comparison``).
+    ``frechet``: see fid_from_features; ``compile``: see generate. Returns a JSON-ready dict."""
     size = model.experiment.network.image_size
     if real_images.shape[1:] != (size, size, 3):
         raise ValueError(f"reference images are {real_images.shape[1]} px, the model makes {size} px")
@@ -78,6 +113,8 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     result = evaluation_record(r, sampler, f"{real_name} at {size}px", extractor.weights_id) | {
         "sampling_time_s": round(sample_time, 1),
         "precision": str(sampling_autocast(autocast, model.device) or torch.float32).removeprefix("torch.")}
+    if equal_n_splits and num_samples >= len(real_images) // 2:
+        result["equal_n"] = equal_n_comparison(fake_feats, real_feats, equal_n_splits, frechet)
     if memorization:
         report = near_copy_report(fake_feats, real_feats, percentile=1.0)
         result["near_copy_share"] = round(report["share"], 4)
@@ -98,7 +135,7 @@ def record_result(path: str | Path, result: dict[str, Any], protocol: bool) -> d
     metrics["evaluations"] = runs + [result]
     if protocol:
         metrics.update({k: result[k] for k in ("fid", "kid", "kid_std", "num_samples", "sampler", "steps", "eta",
-                                               "weights", "reference") if k in result})
+                                               "weights", "reference", "equal_n") if k in result})
         for k in ("near_copy_share", "near_copy_threshold"):
             if k in result:
                 metrics[k] = result[k]
@@ -118,7 +155,7 @@ def evaluate_checkpoint(args) -> dict[str, Any]:
     sampler = SamplerConfig(args.sampler, args.steps, args.eta, args.clip)
     result = evaluate_model(model, real.images, real.name, sampler, args.num_samples, extractor, args.cache_dir,
                             memorization=args.memorization, autocast=None if args.fp32 else AUTO,
-                            compile=args.compile)
+                            compile=args.compile, equal_n_splits=3)
     result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, args.cache_dir))
     if not args.no_write:
         record_result(model.path, result, protocol=(args.num_samples == len(real.images)))
