@@ -14,7 +14,8 @@
 # REF_SIZES (resolutions whose real features are cached first, e.g. "64 80 128"), REF_GPU,
 # DEVICE (default cuda; cpu for a rehearsal), TRAIN_EXTRA / COLLECT_EXTRA (more flags),
 # AFTER_G (a command run on GPU G once its group is measured, e.g. a benchmark).
-# A run may carry its own time limit: 1=ddim_08:1000.
+# A run may carry its own time limit: 1=ddim_08:1000. Several groups may share a GPU: 0=a,b 0.1=c
+# (each group is measured as soon as its own runs have finished).
 set -euo pipefail
 data=$1; limit=$2; weights=$3; shift 3
 device=${DEVICE:-cuda}
@@ -35,7 +36,7 @@ if [ -n "${REF_SIZES:-}" ]; then
   echo "caching real features at ${REF_SIZES}px on GPU ${REF_GPU:-0} (pid $!)"
 fi
 for spec in "$@"; do
-  gpu=${spec%%=*}; names=${spec#*=}; names=${names//,/ }
+  key=${spec%%=*}; gpu=${key%%.*}; names=${spec#*=}; names=${names//,/ }  # 0.1=...: a second group on GPU 0
   script="set -u"$'\n'"export CUDA_VISIBLE_DEVICES=$gpu PYTHONUNBUFFERED=1"
   runs=""
   for spec_name in $names; do
@@ -44,10 +45,10 @@ for spec in "$@"; do
     script+=$'\n'"python3 -m diffusion_core train experiments/$name.toml --data '$data' --out runs/$name --device $device \
 $compile --quiet --time-limit $run_limit --cache-dir .cache/data ${TRAIN_EXTRA:-} > runs/$name.out 2>&1 &"
   done
-  collect="python3 scripts/gpu/collect.py --data '$data' --fid-weights '$weights' --out res/g$gpu --tag g$gpu \
+  collect="python3 scripts/gpu/collect.py --data '$data' --fid-weights '$weights' --out res/g$key --tag g$key \
 --only$runs --ship ${SHIP:-} --table ${TABLE:-} --device $device ${COLLECT_EXTRA:-}"
   [ -n "$runs" ] && script+=$'\n'"wait"$'\n'"$collect"
-  script+=$'\n'"${AFTER[$gpu]:-}"$'\n'"touch runs/group_$gpu.done"
-  setsid nohup bash -c "$script" > "runs/group_$gpu.out" 2>&1 < /dev/null &
-  echo "GPU $gpu:$runs (pid $!)"
+  script+=$'\n'"${AFTER[$gpu]:-}"$'\n'"touch runs/group_$key.done"
+  setsid nohup bash -c "$script" > "runs/group_$key.out" 2>&1 < /dev/null &
+  echo "GPU $gpu, group $key:$runs (pid $!)"
 done
