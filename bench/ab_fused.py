@@ -6,8 +6,8 @@ Kernel changes move the whole call by a few percent, less than the spread betwee
 the current ones, both networks are built from the same random reference network, and their CUDA
 graphs are timed in alternating rounds on the same input.
 
-    python -m bench.ab_fused --extract HEAD~3 .ab-base     # here, where git is (the GPU machine has no .git)
-    python -m bench.ab_fused --base .ab-base               # on the GPU; carry .ab-base (git-ignored)
+    python -m bench.ab_fused --extract HEAD~3 .ab-base     # in a git checkout
+    python -m bench.ab_fused --base .ab-base               # on the GPU machine, with .ab-base copied there
 
 Prints, and writes to $OUT/ab_fused.json (or --out): ms per call of each revision per round, and
 each output's relative L2 distance from the float32 network.

@@ -5,7 +5,7 @@ bicubic) into two random halves, computes FID and KID between them at
 64x64 with the fp32 weights and with fp16-stored weights (upcast to fp32 for compute), and prints
 both FIDs and their relative difference.
 
-    /work/devenv/bin/python -m bench.fid_fp16_check --data ../shared/data/bedrooms-128.tar
+    python -m bench.fid_fp16_check --data data/bedrooms-128.tar    # default: ../shared/data/bedrooms-128.tar
 """
 
 from __future__ import annotations

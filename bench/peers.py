@@ -7,7 +7,8 @@
   (``diffusion(images)``; its defaults: v-prediction, sigmoid schedule, attention at every level).
 
 A package that cannot be imported raises ``common.Unavailable`` with the reason; nothing here
-installs anything (bench/run_gpu.sh installs the wheels of ``.device-wheels/``).
+installs anything (``pip install diffusers denoising-diffusion-pytorch``, or bench/run_gpu.sh from a
+folder of wheels, ``.device-wheels/``).
 """
 
 from __future__ import annotations

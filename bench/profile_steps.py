@@ -4,7 +4,7 @@ channels_last, as every generation path runs on CUDA; ``--sample-compile MODE`` 
 operators and kernels by device time, the device time summed by kernel kind (convolution forward,
 data and weight gradients, Inductor's fused Triton kernels, optimizer, ...) and the wall-clock
 time per call measured outside the profiler. The throughput benchmarks say how fast; this says
-which kernels to attack next (issue #4).
+which kernels to attack next.
 
     python -m bench.profile_steps --device cuda                  # reference network, 64px, batch 256
     python -m bench.profile_steps --device cuda --batch 64 --what train --trace $OUT/train.json
@@ -107,7 +107,7 @@ BASELINES = ("none", "interpolate", "network-only", "both")
 
 
 def use_baseline(baseline: str) -> None:
-    """Put back what issue #4's changes replaced, for an A/B in one run: "interpolate" runs
+    """Put back what the current step replaced, for an A/B in one run: "interpolate" runs
     PyTorch's upsampling kernel as autocast runs it everywhere (instead of
     unet.upsample2x_written_out inside torch.compile, and of the bf16 kernel when sampling);
     "network-only" (see train_step) compiles the network alone instead of the whole loss."""

@@ -3,8 +3,9 @@
 # table at the end, also as JSON in $OUT/bench.json when $OUT is set. Run from anywhere:
 #   bash bench/run_gpu.sh                       # one H100: about 8 minutes, half of it compiling
 #   bash bench/run_gpu.sh --quick --device cpu  # smoke test of every code path
-# Peers come from the wheels in .device-wheels/ (no index needed); a peer that cannot be
-# installed or imported is reported as "unavailable: <reason>" in the table.
+# Peers are imported when installed (pip install diffusers denoising-diffusion-pytorch); wheels in
+# .device-wheels/ are installed into a side folder first (no index needed, for an offline machine).
+# A peer that cannot be installed or imported is reported as "unavailable: <reason>" in the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

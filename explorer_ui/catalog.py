@@ -4,7 +4,7 @@ Plain Python (no streamlit): every function here returns data or raises ``ValueE
 is scanned without loading any weights; each checkpoint becomes an ``Entry`` that is either usable
 or carries the reason it is not (the message of a ``CheckpointError``).
 
-``docs/results/`` holds the description of every experiment trained on the GPU, also of those
+``results/descriptions/`` holds the description of every experiment trained on the GPU, also of those
 whose weights do not ship (``"not_shipped": REASON``): they become rows of the experiments table
 too, with their facts and FID, so no trained experiment is missing from it.
 """
@@ -31,7 +31,7 @@ FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOT_CHECKPOINTS = {"state.json"}  # a training run's resume state sits beside its model.json
 MAX_LOG_BYTES = 64 << 20
-RESULTS_FOLDER = REPO_ROOT / "docs" / "results"  # descriptions of every experiment trained on the GPU
+RESULTS_FOLDER = REPO_ROOT / "results" / "descriptions"  # descriptions of every experiment trained on the GPU
 NOT_RESULTS = {"floors.json"}  # real-vs-real FID floors per resolution, not an experiment
 SHIPPED = "available"  # the "weights" column of a checkpoint whose weights are at hand
 
@@ -126,8 +126,8 @@ def check_weights(json_path: Path, description: dict[str, Any]) -> None:
 
 
 def _sample_png(json_path: Path, name: str) -> Path | None:
-    """A shipped sample grid (``docs/samples/NAME.png``) or a training run's latest grid."""
-    for docs in (json_path.parent.parent / "docs" / "samples", REPO_ROOT / "docs" / "samples"):
+    """A shipped sample grid (``results/samples/NAME.png``) or a training run's latest grid."""
+    for docs in (json_path.parent.parent / "results" / "samples", REPO_ROOT / "results" / "samples"):
         for stem in dict.fromkeys((json_path.stem, name)):
             if (docs / f"{stem}.png").is_file():
                 return docs / f"{stem}.png"
@@ -308,7 +308,7 @@ def _fid_result(description: dict[str, Any]) -> dict[str, Any]:
 
 
 def unshipped_results(shown: Iterable[Entry] = (), folder: Path | None = None) -> list[dict[str, Any]]:
-    """Table rows of the experiments in ``folder`` (default ``docs/results/``) whose weights do not
+    """Table rows of the experiments in ``folder`` (default ``results/descriptions/``) whose weights do not
     ship, labelled by file stem, with the reason in the "weights" column. An experiment whose
     stem names one of the ``shown`` checkpoints is left out (its weights are at hand: no row
     twice). Files that are not readable descriptions are skipped, the reason logged: a page
@@ -331,7 +331,7 @@ def unshipped_results(shown: Iterable[Entry] = (), folder: Path | None = None) -
 
 
 def result_sample(label: str, folder: Path | None = None) -> Path | None:
-    """The sample grid shipped for a results row (``docs/samples/LABEL.png``), if there is one."""
+    """The sample grid shipped for a results row (``results/samples/LABEL.png``), if there is one."""
     folder = RESULTS_FOLDER if folder is None else Path(folder)
     png = folder.parent / "samples" / f"{label}.png"
     return png if png.is_file() else None

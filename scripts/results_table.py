@@ -1,5 +1,6 @@
-"""Print the README's results tables (markdown) from the measured descriptions in docs/results/:
-the seed table beside ours, the real-vs-real floors and the steps table of the best model.
+"""Print the README's results tables (markdown) from the measured descriptions in results/descriptions/
+and the real-vs-real floors in results/floors.json: the seed table beside ours, the floors and the
+steps table of the best model.
 
     python scripts/results_table.py            # from the repository root
 """
@@ -11,7 +12,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "results" / "descriptions"
+FLOORS = ROOT / "results" / "floors.json"
 ROWS = ["ddpm_01", "ddpm_01_narrow", "ddim_01", "ddim_03", "ddim_08", "ddim_09", "ours", "ours2_eps", "ours2_v",
         "ours2_attn"]
 SEED_LABEL = {"ddpm_01": "DDPM 1", "ddpm_01_narrow": "DDPM 1, narrow (not a seed row)", "ddim_01": "DDIM 1",
@@ -85,7 +87,7 @@ def floor_table(floors: dict) -> str:
 
 
 def main() -> None:
-    floors = json.loads((RESULTS / "floors.json").read_text())["floors"]
+    floors = json.loads(FLOORS.read_text())["floors"]
     best = sys.argv[1] if len(sys.argv) > 1 else BEST
     print(seed_table(floors), "", floor_table(floors), "", f"Steps table ({best}, FID at N = 2,911):", "",
           steps_table(best), sep="\n")

@@ -49,7 +49,7 @@ def one_thread(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def no_results(monkeypatch, tmp_path):
-    """The Experiments table lists only the test's checkpoints, not the repo's ``docs/results/``
+    """The Experiments table lists only the test's checkpoints, not the repo's ``results/descriptions/``
     (``test_catalog_results.py`` covers those rows)."""
     from explorer_ui import catalog
 
@@ -191,9 +191,9 @@ def test_bad_extra_folder_is_a_message(monkeypatch, folder):
 
 # ------------------------------------------------------------------------------------- behaviours
 def test_experiments_table_charts_and_preview(monkeypatch, folder, media):
-    shipped = random_images(1, 40, seed=5)[0]  # a sample grid shipped as docs/samples/NAME.png
-    (folder.parent / "docs" / "samples").mkdir(parents=True)
-    Image.fromarray(shipped).save(folder.parent / "docs" / "samples" / "tiny_b.png")
+    shipped = random_images(1, 40, seed=5)[0]  # a sample grid shipped as results/samples/NAME.png
+    (folder.parent / "results" / "samples").mkdir(parents=True)
+    Image.fromarray(shipped).save(folder.parent / "results" / "samples" / "tiny_b.png")
     at = open_app(monkeypatch, folder)
     clean(at)
     table = at.dataframe[0].value

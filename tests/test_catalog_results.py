@@ -1,8 +1,8 @@
-"""Experiments trained on the GPU whose weights do not ship (``docs/results/*.json`` with a
+"""Experiments trained on the GPU whose weights do not ship (``results/descriptions/*.json`` with a
 ``not_shipped`` reason): rows of the experiments table beside the usable checkpoints.
 
 ``test_app.py`` points the app at an empty results folder; here the Experiments page is opened
-on the repo's real ``docs/results/``, and the expected rows are read from its JSON files."""
+on the repo's real ``results/descriptions/``, and the expected rows are read from its JSON files."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from test_app import clean, one_thread, open_app  # noqa: E402,F401 (one_thread:
 from diffusion_core.checkpoint import FORMAT  # noqa: E402
 from explorer_ui import catalog  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "descriptions"
 
 
 def unshipped_in_repo() -> dict[str, dict]:
@@ -41,7 +41,7 @@ def same_number(shown, expected) -> bool:
 def test_only_readable_unshipped_descriptions_become_rows(tmp_path, caplog):
     desc = json.loads(make_tiny_checkpoint(tmp_path / "ck", "tiny", metrics={"fid": 50.5, "kid": 0.05,
                                                                               "num_samples": 100}).read_text())
-    results = tmp_path / "docs" / "results"
+    results = tmp_path / "results" / "descriptions"
     results.mkdir(parents=True)
     (results / "big.json").write_text(json.dumps(dict(desc, not_shipped="too big for the budget")))
     (results / "here.json").write_text(json.dumps(dict(desc, shipped="checkpoints/here")))
@@ -64,9 +64,9 @@ def test_only_readable_unshipped_descriptions_become_rows(tmp_path, caplog):
     make_tiny_checkpoint(tmp_path / "mine", "big")  # the user has those weights: no second row
     assert catalog.unshipped_results(catalog.scan(tmp_path / "mine"), results) == []
     assert catalog.result_sample("big", results) is None
-    (tmp_path / "docs" / "samples").mkdir()
-    (tmp_path / "docs" / "samples" / "big.png").write_bytes(b"png")
-    assert catalog.result_sample("big", results) == tmp_path / "docs" / "samples" / "big.png"
+    (tmp_path / "results" / "samples").mkdir()
+    (tmp_path / "results" / "samples" / "big.png").write_bytes(b"png")
+    assert catalog.result_sample("big", results) == tmp_path / "results" / "samples" / "big.png"
 
 
 def test_malformed_facts_are_empty_cells(tmp_path):

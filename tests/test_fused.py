@@ -61,7 +61,7 @@ def test_fused_conv_matches_pytorch(kernel, with_skip, epilogue):
 
 def test_row_tiles_are_the_default_where_they_measured_faster():
     """Tiles of four image rows, 2 warps, on 32- and 64-wide maps with at most 2048 accumulator
-    values per row (docs/performance.md, eighth session); flattened pixels elsewhere."""
+    values per row (docs/performance.md); flattened pixels elsewhere."""
     t = fc.default_tiles(32, (64, 32), 256 * 64 * 64, (64, 64))
     assert (t.rows, t.num_warps, t.num_stages, t.block_n) == (4, 2, 3, 32)
     assert fc.default_tiles(64, (96, 64), 256 * 32 * 32, (32, 32)).rows == 4

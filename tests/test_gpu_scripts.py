@@ -1,4 +1,4 @@
-"""GPU-session tools that also run here: scripts/gpu/finish_table.py joins the sample features
+"""GPU tools that also run on a CPU: scripts/gpu/finish_table.py joins the sample features
 that scripts/gpu/sample_features.py wrote on several GPUs; bench/profile_steps.py profiles."""
 
 import importlib.util
@@ -64,7 +64,7 @@ def test_profile_steps_names_the_heaviest_operators(capsys, tmp_path):
 def test_collect_ships_weights_once_and_every_measured_description(tmp_path, monkeypatch):
     """scripts/gpu/collect.py on the CPU with a tiny trained run and its steps table: the fp16
     weights, loss log and grid are packed, and the packed description holds every evaluation
-    (it is rewritten after each one, so a call that ends early keeps what was measured)."""
+    (it is rewritten after each one, so a process stopped early keeps what was measured)."""
     import json
     import subprocess
 

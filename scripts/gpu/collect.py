@@ -1,6 +1,6 @@
 """On the GPU machine, after training: export each run's EMA weights as fp16 checkpoints, measure
 FID/KID/near-copies with the project's protocol, the real-vs-real floor per resolution and the
-steps table for chosen models, and pack everything for the trip back.
+steps table for chosen models, all under --out (scripts/gpu/README.md says where each file goes).
 
 python3 scripts/gpu/collect.py --data DATA --fid-weights W --out DIR [--table NAME ...] [--ship NAME ...]
 """
@@ -93,9 +93,9 @@ def main() -> None:
 
 
 def publish(run: Path, name: str, out: Path, ship: bool, first: bool) -> None:
-    """Put a run's measured description (and, when shipped, its fp16 weights) where the trip back
-    takes it. The weights, loss log and latest grid go once; the description after every
-    evaluation, so a call that ends early keeps what was measured."""
+    """Put a run's measured description (and, when shipped, its fp16 weights) under ``out``.
+    The weights, loss log and latest grid go once; the description after every evaluation, so a
+    process stopped early keeps what was measured."""
     if ship and first:
         export_checkpoint(run, out / "checkpoints" / name)
     elif ship:

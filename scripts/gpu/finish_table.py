@@ -2,9 +2,9 @@
 .npz per seed range) against the real images' features, computed here with the same FID weights;
 optionally recorded in a checkpoint description.
 
-    python scripts/gpu/finish_table.py part0.npz part1.npz ... --data .device-data/bedrooms-128.tar \
+    python scripts/gpu/finish_table.py part0.npz part1.npz ... --data data/bedrooms-128.tar \
         --size 64 --fid-weights .fid-cache/fid-inception-2015-12-05-fp16.safetensors \
-        [--record docs/results/ours2_eps.json --device-name "NVIDIA H100 80GB HBM3"]
+        [--record results/descriptions/ours2_eps.json --device-name "NVIDIA H100 80GB HBM3"]
 """
 
 from __future__ import annotations

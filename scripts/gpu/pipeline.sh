@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine, one command for the whole lease: per GPU, train a group of runs side by side
-# (each stops and saves by itself after TIME_LIMIT seconds), then measure that group with
-# collect.py into res/gG; meanwhile one process caches the real images' FID features and floors.
-# Everything runs detached (setsid), so it needs no call of ours in flight: calls only keep the
-# machine warm and bring results back (scripts/gpu/wait.sh).
+# On the GPU machine, one command for a whole training-and-measuring job: per GPU, train a group of
+# runs side by side (each stops and saves by itself after TIME_LIMIT seconds), then measure that
+# group with collect.py into res/gG; meanwhile one process caches the real images' FID features and
+# floors. Everything runs detached (setsid): the command returns at once and the jobs survive a
+# closed terminal; scripts/gpu/status.sh and scripts/gpu/wait.sh watch them (scripts/gpu/README.md).
 #
 #   SHIP="ours ddim_08" TABLE="ours" bash scripts/gpu/pipeline.sh DATA TIME_LIMIT FID_WEIGHTS \
 #       0=ours 1=ddim_08 3=ddim_01,ddim_03
@@ -14,7 +14,7 @@
 # REF_SIZES (resolutions whose real features are cached first, e.g. "64 80 128"), REF_GPU,
 # DEVICE (default cuda; cpu for a rehearsal), TRAIN_EXTRA / COLLECT_EXTRA (more flags),
 # AFTER_G (a command run on GPU G once its group is measured, e.g. a benchmark).
-# A run may carry its own time limit: 1=ddim_08:1000. Several groups may share a GPU: 0=a,b 0.1=c
+# A run may have its own time limit: 1=ddim_08:1000. Several groups may share a GPU: 0=a,b 0.1=c
 # (each group is measured as soon as its own runs have finished).
 set -euo pipefail
 data=$1; limit=$2; weights=$3; shift 3
@@ -22,8 +22,8 @@ device=${DEVICE:-cuda}
 compile=""; [ "$device" = cuda ] && compile="--compile"
 mkdir -p runs res
 # CPU threads per group: numpy/torch default to every core in every process; three collect.py
-# processes at once on a 64-core host (192 threads each, load 155) took 1.5-2 minutes per evaluation
-# instead of seconds, most likely from oversubscribed thread pools (scripts/gpu/README.md)
+# processes at once on a 64-core host (192 threads each, load 155) take 1.5-2 minutes per evaluation
+# instead of seconds, from oversubscribed thread pools (scripts/gpu/README.md)
 threads=$(( $(nproc) / ($# + 1) )); [ "$threads" -lt 1 ] && threads=1
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 declare -A AFTER

@@ -1,10 +1,10 @@
-"""On a GPU, when the data set cannot travel with the call: sample a shipped checkpoint for a range
-of seeds under several sampler settings and keep only the samples' FID Inception features, as
-float16 [N x 2048] in one .npz (a file that comes back from the GPU machine is at most 16 MiB).
-The real images' features and the distances are computed where the data set is (finish_table.py).
+"""On a GPU machine without the data set: sample a shipped checkpoint for a range of seeds under
+several sampler settings and keep only the samples' FID Inception features, as float16
+[N x 2048] in one .npz (4 KiB per sample and setting: small to copy back). The real images'
+features and the distances are computed where the data set is (finish_table.py).
 
     python3 scripts/gpu/sample_features.py checkpoints/ours2_eps --fid-weights W --seeds 0:728 \
-        --config ddim:50:1 --config ddpm:1000:0 --out $OUT/part0.npz
+        --config ddim:50:1 --config ddpm:1000:0 --out part0.npz
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
         samples = generate(model, list(range(start, stop)), config, autocast, per_image_noise=False)
         arrays[key(config)] = extractor(samples).astype(np.float16)
         print(f"{key(config)}: {stop - start} samples and features in {time.perf_counter() - t0:.1f} s", flush=True)
-        np.savez(args.out, **arrays)  # after each setting: a cut-off call keeps what it has
+        np.savez(args.out, **arrays)  # after each setting: a process stopped early keeps what it has
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# On the GPU machine: wait up to SECONDS for the pipeline's groups (scripts/gpu/pipeline.sh) to end,
-# print each run's state, and pack res/ into $OUT (split in 15 MiB parts: at most 8 files of 16 MiB
-# come back) whenever a group has finished, so a lost machine loses only what came after.
-#   bash scripts/gpu/wait.sh 540     then here: cat res.tar.* | tar xf -
+# On the GPU machine: wait up to SECONDS for the pipeline's groups (scripts/gpu/pipeline.sh) to end
+# and print each run's state. With OUT=FOLDER, also pack res/ into FOLDER as res.tar.* parts of
+# 15 MiB once a group has finished, to copy back in pieces (unpack: cat res.tar.* | tar xf -).
+#   bash scripts/gpu/wait.sh 540
 max=${1:-540}
 start=$(date +%s)
 groups=$(ls runs/group_*.out 2>/dev/null | wc -l)
