@@ -14,10 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "descriptions"
 FLOORS = ROOT / "results" / "floors.json"
-ROWS = ["ddpm_01", "ddpm_01_narrow", "ddim_01", "ddim_03", "ddim_08", "ddim_09", "ours", "ours2_eps", "ours2_v",
-        "ours2_attn"]
+ROWS = ["ddpm_01", "ddpm_01_narrow", "ddim_01", "ddim_02", "ddim_03", "ddim_04", "ddim_05", "ddim_06", "ddim_08",
+        "ddim_09", "ours", "ours2_eps", "ours2_v", "ours2_attn"]
 SEED_LABEL = {"ddpm_01": "DDPM 1", "ddpm_01_narrow": "DDPM 1, narrow (not a seed row)", "ddim_01": "DDIM 1",
-              "ddim_03": "DDIM 3", "ddim_08": "DDIM 8", "ddim_09": "DDIM 9", "ours": "ours, round 1",
+              "ddim_02": "DDIM 2", "ddim_03": "DDIM 3", "ddim_04": "DDIM 4", "ddim_05": "DDIM 5", "ddim_06": "DDIM 6",
+              "ddim_08": "DDIM 8", "ddim_09": "DDIM 9", "ours": "ours, round 1",
               "ours2_eps": "**ours** (round 2, A: L1 on noise)", "ours2_v": "ours, round 2, B: v-prediction",
               "ours2_attn": "ours, round 2, C: attention, v-prediction"}
 BEST = "ours2_eps"
@@ -44,26 +45,32 @@ def configuration(desc: dict) -> str:
 
 
 def seed_table(floors: dict) -> str:
-    head = ("| experiment | configuration | images seen | GPU time | our FID (DDIM 50) | floor at that size | "
-            "FID / floor | near-copies | seed's FID (as reported) | weights |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| experiment | configuration | images seen | GPU time | FID, N = 2,911 (DDIM 50) | "
+            "FID at equal N | floor at equal N | **FID / floor** | KID | near-copies | seed's FID (as reported) | "
+            "weights |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name in ROWS:
         d = load(name)
         tr = d["training"]
         e = evaluation(d, "ddim", 50, 0.0)
-        size = str(d["experiment"]["network"]["image_size"])
-        floor = floors[size]["fid"]
         done = "" if tr["finished"] else f" ({tr['epochs_completed']:.0f} of {tr['epochs_planned']} ep)"
         fid = f"{e['fid']:.1f}"
         ddpm = evaluation(d, "ddpm", 1000, 0.0)
         if ddpm is not None and d["experiment"]["family"] == "ddpm":
             fid += f" (DDPM 1000: {ddpm['fid']:.1f})"
+        eq = e.get("equal_n")
+        if eq:
+            equal = f"{eq['fid']:.1f} | {eq['floor_fid']:.1f} | **{eq['ratio']:.2f}**"
+        else:
+            equal = "- | - | - (not re-measured)"
         seed = d["experiment"].get("reported_fid")
         weights = "shipped" if "shipped" in d else f"not shipped ({d['parameters'] * 2 / 2**20:.1f} MiB)"
+        gpu = tr["device"].replace("NVIDIA ", "").replace(" 80GB HBM3", "")
+        if tr.get("gpu_sharing"):
+            gpu += ", shared"
         lines.append(f"| {SEED_LABEL[name]} | {configuration(d)} | {tr['images_seen']:,}{done} | "
-                     f"{tr['wall_time_s'] / 60:.1f} min, {tr['device'].replace('NVIDIA ', '').replace(' 80GB HBM3', '')} | "
-                     f"{fid} | {floor:.1f} | {e['fid'] / floor:.2f} | {100 * e['near_copy_share']:.1f}% | "
-                     f"{'-' if seed is None else seed} | {weights} |")
+                     f"{tr['wall_time_s'] / 60:.1f} min, {gpu} | {fid} | {equal} | {e['kid']:.4f} | "
+                     f"{100 * e['near_copy_share']:.1f}% | {'-' if seed is None else seed} | {weights} |")
     return "\n".join(lines)
 
 
@@ -89,8 +96,9 @@ def floor_table(floors: dict) -> str:
 def main() -> None:
     floors = json.loads(FLOORS.read_text())["floors"]
     best = sys.argv[1] if len(sys.argv) > 1 else BEST
-    print(seed_table(floors), "", floor_table(floors), "", f"Steps table ({best}, FID at N = 2,911):", "",
-          steps_table(best), sep="\n")
+    print(seed_table(floors), "", floor_table(floors), sep="\n")
+    for name in ([best] if len(sys.argv) > 1 else [BEST, "ddim_08"]):
+        print("", f"Steps table ({name}, FID at N = 2,911):", "", steps_table(name), sep="\n")
 
 
 if __name__ == "__main__":
