@@ -27,7 +27,7 @@ from bench.common import (REFERENCE, TINY, Case, Row, Settings, Unavailable, des
 from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.config import ExperimentConfig
 from diffusion_core.folding import fold_batchnorm
-from diffusion_core.fused_unet import CudaGraphed, FusedUNet, fused_available
+from diffusion_core.fused.unet import CudaGraphed, FusedUNet, fused_available
 from diffusion_core.generate import generate
 from diffusion_core.model import Denoiser, PixelNormalization
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps, seed_noise

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, ExperimentConfig
 from .folding import fold_batchnorm
-from .fused_unet import CudaGraphed, FusedUNet, fused_available
+from .fused.unet import CudaGraphed, FusedUNet, fused_available
 from .model import AUTO, Denoiser, PixelNormalization, sampling_autocast
 from .unet import UNet, count_parameters
 

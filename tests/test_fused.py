@@ -1,5 +1,5 @@
-"""The fused sampling convolution (diffusion_core/fused_conv.py) and the fused U-Net built from it
-(diffusion_core/fused_unet.py), run under Triton's interpreter (tests/conftest.py sets
+"""The fused sampling convolution (diffusion_core/fused/conv.py) and the fused U-Net built from it
+(diffusion_core/fused/unet.py), run under Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1): every operand combination against PyTorch's convolutions, the whole network
 against the network it was built from, and the errors a caller can cause. In float32/float64: the
 interpreter's bf16 matrix product is not numerically meaningful (bf16 agreement is checked on a GPU
@@ -12,9 +12,9 @@ pytest.importorskip("triton")
 
 import torch.nn.functional as F  # noqa: E402
 
-from diffusion_core import fused_conv as fc  # noqa: E402
-from diffusion_core import fused_resample as fr  # noqa: E402
-from diffusion_core.fused_unet import FusedUNet, fusable  # noqa: E402
+from diffusion_core.fused import conv as fc  # noqa: E402
+from diffusion_core.fused import resample as fr  # noqa: E402
+from diffusion_core.fused.unet import FusedUNet, fusable  # noqa: E402
 from diffusion_core.unet import UNet, UNetConfig  # noqa: E402
 
 TILES = {"small tiles": fc.Tiles(block_m=32, block_n=32, block_k=16),  # several programs, ragged edges
@@ -246,7 +246,7 @@ def _fusable_model(tmp_path):
 
 def test_the_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
     from diffusion_core import checkpoint as C
-    from diffusion_core import fused_unet
+    from diffusion_core.fused import unet as fused_unet
     model = _fusable_model(tmp_path)
     assert not fused_unet.fused_available(model.network)  # a CPU
     assert model.denoiser(torch.bfloat16, compile=True)._forward is not model.sampling_network  # torch.compile
@@ -358,15 +358,15 @@ def test_the_ab_tool_loads_an_earlier_revision_beside_the_current_modules(tmp_pa
     from pathlib import Path
 
     from bench import ab_fused
-    from diffusion_core import fused_unet
+    from diffusion_core.fused import unet as fused_unet
     repo = Path(__file__).resolve().parents[1]
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True).returncode:
         pytest.skip("not a git checkout")
     base = ab_fused.extract("HEAD", tmp_path / ".ab-base", repo)
-    assert "from diffusion_core.folding import" in (base / "fused_unet.py").read_text()
-    assert "from .fused_conv import" in (base / "fused_resample.py").read_text()  # its own, still relative
+    assert "from diffusion_core.folding import" in (base / "unet.py").read_text()
+    assert "from .conv import" in (base / "resample.py").read_text()  # its own, still relative
     old = ab_fused.load(base, package="ab_test_fused")
-    assert old is not fused_unet and old.fc is not fc and old.fc.__name__ == "ab_test_fused.fused_conv"
+    assert old is not fused_unet and old.fc is not fc and old.fc.__name__ == "ab_test_fused.conv"
     config = UNetConfig(widths=(16, 32), block_depth=1, image_size=8, embedding_dims=16)
     net = _network(config)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
@@ -409,3 +409,17 @@ def test_the_sass_report_compiles_for_hopper_without_a_gpu():
     r = subprocess.run([sys.executable, "-m", "bench.sass_report", "--case", "rows-64"], capture_output=True,
                        text=True, cwd=root, env=dict(env, TRITON_INTERPRET="1"), timeout=300)
     assert r.returncode != 0 and "unset it" in r.stderr
+
+
+def test_the_ab_tool_reads_revisions_that_kept_the_fused_modules_in_diffusion_core():
+    """Revisions before diffusion_core/fused/ held fused_conv.py, fused_resample.py, fused_unet.py
+    beside the rest of the core: their sibling imports are renamed, the others made absolute."""
+    from bench import ab_fused
+    flat = ("from . import fused_conv as fc\nfrom . import fused_resample as fr\nfrom .folding import fold_batchnorm\n"
+            "from .fused_conv import check_offsets\nfrom .unet import UNet\n")
+    assert ab_fused.localize(flat, flat=True) == (
+        "from . import conv as fc\nfrom . import resample as fr\nfrom diffusion_core.folding import fold_batchnorm\n"
+        "from .conv import check_offsets\nfrom diffusion_core.unet import UNet\n")
+    nested = "from ..folding import fold_batchnorm\nfrom . import conv as fc\nfrom .conv import interpreting\n"
+    assert ab_fused.localize(nested, flat=False) == (
+        "from diffusion_core.folding import fold_batchnorm\nfrom . import conv as fc\nfrom .conv import interpreting\n")

@@ -1,14 +1,14 @@
 """The U-Net for sampling on CUDA with every residual block as two fused Triton convolutions.
 
 Built from a trained ``UNet`` in eval mode (``FusedUNet(network)``; the network is not modified):
-BatchNorm folded into conv1 as in ``folding.py``, then per residual block
+BatchNorm folded into conv1 as in ``diffusion_core/folding.py``, then per residual block
 
     h = silu(conv3x3(W1, [x, skip]) + B1)                        one launch of fused_conv
     y = conv3x3(W2, h) + conv1x1(Ws, [x, skip]) + b2 + bs        one launch (or + x, identity)
 
 with activations kept as contiguous NHWC tensors, so no skip concatenation, bias addition, SiLU
-or residual addition runs on its own (``fused_conv.py`` says why that matters); pooling and
-upsampling are Triton kernels too (``fused_resample.py``). The 1x1 stem is folded into the first
+or residual addition runs on its own (``conv.py`` says why that matters); pooling and
+upsampling are Triton kernels too (``resample.py``). The 1x1 stem is folded into the first
 block and the 1x1 head into the last (``FusedBlock``), so the network's first kernel reads the
 image and its last writes the output; the noise embedding enters the first block as a bias per
 image. Attention (where configured) stays a PyTorch operation.
@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused_conv as fc
-from . import fused_resample as fr
-from .folding import FoldedResidualBlock, fold_batchnorm
-from .model import module_device
-from .unet import UNet, noise_embedding
+from ..folding import FoldedResidualBlock, fold_batchnorm
+from ..model import module_device
+from ..unet import UNet, noise_embedding
+from . import conv as fc
+from . import resample as fr
 
 
 def nchw_view(t: torch.Tensor) -> torch.Tensor:
