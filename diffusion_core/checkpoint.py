@@ -12,7 +12,6 @@ Layout of a checkpoint named ``NAME``::
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
@@ -23,11 +22,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .config import ConfigError, ExperimentConfig
-from .folding import fold_batchnorm
-from .fused.unet import CudaGraphed, FusedUNet, fused_available
-from .model import AUTO, Denoiser, PixelNormalization, sampling_autocast
+from .model import PixelNormalization, module_device
 from .unet import UNet, count_parameters
 
 FORMAT = "diffusion-explorer/1"
@@ -42,54 +40,24 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A network in eval mode with its description. Treat as read-only (it is shared by the app)."""
+    """A network in eval mode with its description, as ``load_checkpoint`` read them. Treat as
+    read-only (the app shares it). How it samples (folded, compiled, fused) is ``runtime``'s choice."""
 
     name: str
     path: Path  # the .json description
-    network: UNet
+    network: nn.Module
     experiment: ExperimentConfig
     normalization: PixelNormalization
     description: dict[str, Any] = field(repr=False)
 
     @property
     def device(self) -> torch.device:
-        return next(self.network.parameters()).device
+        return module_device(self.network)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         s = self.experiment.network.image_size
         return (self.experiment.network.channels, s, s)
-
-    @functools.cached_property
-    def sampling_network(self) -> UNet:
-        """The network with its BatchNorm folded into the convolutions (diffusion_core.folding):
-        the same function, one pass fewer per residual block (50-step DDIM of 256 images on an
-        H100: 9.00 -> 8.07 ms per network call eagerly, 4.91 -> 4.61 ms compiled). Built once."""
-        return fold_batchnorm(self.network)
-
-    @functools.cached_property
-    def fused_network(self) -> CudaGraphed | None:
-        """The fused Triton sampling network (diffusion_core/fused_unet.py) replayed as CUDA graphs,
-        where it runs (CUDA, Triton, channel counts multiples of 16); None elsewhere. 50-step DDIM
-        of 256 images on an H100: 2,123 images/s against 643 for the folded network eagerly and
-        1,118 compiled by Inductor (docs/performance.md, eighth session). Built once; the kernels
-        compile on their first call (about 20-30 s on a new machine, then from Triton's disk cache)."""
-        if not fused_available(self.network):
-            return None
-        return CudaGraphed(FusedUNet(self.network))
-
-    def runs_fused(self, autocast: torch.dtype | str | None = AUTO) -> bool:
-        """Whether a compiled Denoiser (``denoiser(autocast, compile=True)``) runs the fused kernels:
-        bf16 sampling (they have no float32 version) where ``fused_available``; else torch.compile."""
-        return sampling_autocast(autocast, self.device) == torch.bfloat16 and fused_available(self.network)
-
-    def denoiser(self, autocast: torch.dtype | str | None = AUTO, compile: bool = False) -> Denoiser:
-        """The model's Denoiser. ``compile``: the fused kernels where they run (``runs_fused``),
-        else the folded network through torch.compile; otherwise the folded network eagerly. If the
-        fused or compiled network fails, the Denoiser says so and falls back to eager."""
-        fast = self.fused_network if compile and self.runs_fused(autocast) else None
-        return Denoiser(self.sampling_network, self.experiment.train.prediction, self.normalization, autocast,
-                        compile=compile, fast=fast)
 
 
 def _read_umask() -> int:

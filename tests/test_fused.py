@@ -14,7 +14,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from diffusion_core.fused import conv as fc  # noqa: E402
 from diffusion_core.fused import resample as fr  # noqa: E402
+from diffusion_core import runtime  # noqa: E402
 from diffusion_core.fused.unet import FusedUNet, fusable  # noqa: E402
+from diffusion_core.model import Denoiser  # noqa: E402
 from diffusion_core.unet import UNet, UNetConfig  # noqa: E402
 
 TILES = {"small tiles": fc.Tiles(block_m=32, block_n=32, block_k=16),  # several programs, ragged edges
@@ -245,37 +247,39 @@ def _fusable_model(tmp_path):
 
 
 def test_the_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
-    from diffusion_core import checkpoint as C
     from diffusion_core.fused import unet as fused_unet
     model = _fusable_model(tmp_path)
     assert not fused_unet.fused_available(model.network)  # a CPU
-    assert model.denoiser(torch.bfloat16, compile=True)._forward is not model.sampling_network  # torch.compile
+    assert not runtime.fused_available(model.network)
+    assert runtime.denoiser(model, torch.bfloat16, compile=True)._forward is not runtime.sampling_network(model)
     monkeypatch.setattr(fc, "available", lambda device: True)
     assert fused_unet.fused_available(model.network)
+    assert not runtime.fused_available(model.network)  # runtime asks Triton only for a network on CUDA
     assert not fused_unet.fused_available(UNet(UNetConfig(widths=(8, 16), block_depth=1, image_size=8)))
     monkeypatch.setenv("DIFFUSION_EXPLORER_FUSED", "0")
     assert not fused_unet.fused_available(model.network)
     monkeypatch.delenv("DIFFUSION_EXPLORER_FUSED")
 
-    monkeypatch.setattr(C, "CudaGraphed", lambda network: network)  # CUDA graphs need CUDA
+    monkeypatch.setattr(runtime, "fused_available", fused_unet.fused_available)  # as on CUDA
+    monkeypatch.setattr(fused_unet, "CudaGraphed", lambda network: network)  # CUDA graphs need CUDA
     fresh = _fusable_model(tmp_path)
-    fast = fresh.denoiser(torch.bfloat16, compile=True)
+    fast = runtime.denoiser(fresh, torch.bfloat16, compile=True)
     assert isinstance(fast._forward, FusedUNet) and fast._forward.dtype == torch.bfloat16 and fast.compiled
-    assert fresh.denoiser(torch.bfloat16, compile=True)._forward is fast._forward  # built once
-    assert fresh.denoiser(torch.bfloat16)._forward is fresh.sampling_network  # not asked: eager
-    assert fresh.denoiser(None, compile=True)._forward is not fast._forward  # float32: torch.compile, no bf16 kernels
-    assert fresh.runs_fused(torch.bfloat16) and not fresh.runs_fused(None)  # the rule compile_pays uses too
+    assert runtime.denoiser(fresh, torch.bfloat16, compile=True)._forward is fast._forward  # built once
+    assert runtime.denoiser(fresh, torch.bfloat16)._forward is runtime.sampling_network(fresh)  # not asked: eager
+    # float32: torch.compile, no bf16 kernels
+    assert runtime.denoiser(fresh, None, compile=True)._forward is not fast._forward
+    assert runtime.runs_fused(fresh, torch.bfloat16) and not runtime.runs_fused(fresh, None)  # compile_pays' rule too
 
 
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
 def test_a_denoiser_samples_the_same_through_the_fused_network(tmp_path):
-    from diffusion_core.model import Denoiser
     from diffusion_core.samplers import SamplerConfig, sample, sample_steps
     model = _fusable_model(tmp_path)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     images = []
     for fast in (None, FusedUNet(model.network, torch.float32)):
-        d = Denoiser(model.sampling_network, "eps", model.normalization, None, fast=fast)
+        d = Denoiser(runtime.sampling_network(model), "eps", model.normalization, None, fast=fast)
         images.append(sample(sample_steps(d, model.experiment.schedule, x_T, SamplerConfig("ddim", 3))))
         assert d.calls == 3
     assert images[0].abs().max() > 0.1
@@ -290,7 +294,6 @@ def test_a_denoiser_samples_the_same_through_the_fused_network(tmp_path):
 
 
 def test_a_failing_fused_network_falls_back_to_eager_with_a_message(tmp_path, capsys):
-    from diffusion_core.model import Denoiser
     model = _fusable_model(tmp_path)
 
     class Broken(torch.nn.Module):
@@ -298,8 +301,8 @@ def test_a_failing_fused_network_falls_back_to_eager_with_a_message(tmp_path, ca
             raise RuntimeError("no kernel for this card")
 
     x = torch.randn(2, 3, 16, 16)
-    fast = Denoiser(model.sampling_network, "eps", model.normalization, None, fast=Broken())
-    eager = Denoiser(model.sampling_network, "eps", model.normalization, None)
+    fast = Denoiser(runtime.sampling_network(model), "eps", model.normalization, None, fast=Broken())
+    eager = Denoiser(runtime.sampling_network(model), "eps", model.normalization, None)
     for _ in range(2):  # the second call goes straight to eager
         torch.testing.assert_close(fast(x, 0.8, 0.6), eager(x, 0.8, 0.6))
     assert capsys.readouterr().err.count("no kernel for this card") == 1
