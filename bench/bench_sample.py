@@ -31,9 +31,10 @@ from diffusion_core.folding import fold_batchnorm
 from diffusion_core.fused.unet import CudaGraphed, FusedUNet, fused_available
 from diffusion_core.generate import generate
 from diffusion_core.model import Denoiser, PixelNormalization
+from diffusion_core.networks import count_parameters
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps, seed_noise
 from diffusion_core.schedules import ScheduleConfig
-from diffusion_core.unet import UNet, UNetConfig, count_parameters
+from diffusion_core.unet import UNet, UNetConfig
 
 REL_L2_TOLERANCE = 2.0**-6  # four bf16 roundings
 VARIANTS = {  # our sampler: label -> (autocast, channels_last, network, torch.compile), as in the table

@@ -26,12 +26,11 @@ from torch import nn
 
 from .config import ConfigError, ExperimentConfig
 from .model import PixelNormalization, module_device
-from .unet import UNet, count_parameters
+from .networks import beyond_limits, build_network, count_parameters
 
 FORMAT = "diffusion-explorer/1"
 MAX_DESCRIPTION_BYTES = 1 << 20  # a description is a few KiB; refuse anything absurd
 MAX_WEIGHT_BYTES = 2 << 30
-LIMITS = {"max_width": 2048, "max_levels": 7, "max_depth": 8, "max_image_size": 1024}
 
 
 class CheckpointError(ValueError):
@@ -190,10 +189,9 @@ def experiment_from_description(desc: dict[str, Any], where: str) -> ExperimentC
         experiment = ExperimentConfig.from_dict(desc["experiment"], where)
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad experiment description: {e}") from e
-    net = experiment.network
-    if (max(net.widths) > LIMITS["max_width"] or len(net.widths) > LIMITS["max_levels"]
-            or net.block_depth > LIMITS["max_depth"] or net.image_size > LIMITS["max_image_size"]):
-        raise CheckpointError(f"{where}: network size beyond this tool's limits {LIMITS}")
+    limits = beyond_limits(experiment.network)
+    if limits:
+        raise CheckpointError(f"{where}: network size beyond this tool's limits {limits}")
     return experiment
 
 
@@ -208,7 +206,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         normalization = PixelNormalization(**desc.get("normalization", {}))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad normalization: {e}") from e
-    network = UNet(experiment.network)
+    network = build_network(experiment.network)
     expected = network.state_dict()
     weights: dict[str, torch.Tensor] = {}
     for name in desc["weights_files"]:
@@ -276,7 +274,7 @@ def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return [p for p in sorted(folder.glob("*.json")) if _looks_like_description(p)]
 
 
-def describe_model(experiment: ExperimentConfig, normalization: PixelNormalization, network: UNet,
+def describe_model(experiment: ExperimentConfig, normalization: PixelNormalization, network: nn.Module,
                    training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """The description dictionary of a model (weights list and format are added on save)."""
     return {

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 from . import diffusion as D
 from .checkpoint import CheckpointError, atomic_save_tensors, describe_model, save_checkpoint, write_json
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .images import make_grid, save_png
 from .model import PixelNormalization, pixels_to_model
+from .networks import build_network
 from .samplers import SamplerConfig, sample, sample_steps, seed_noise
-from .unet import UNet
 
 CALIBRATION_BATCHES = 32  # batches that re-estimate the EMA network's BatchNorm statistics
 
@@ -107,8 +107,8 @@ class Trainer:
         self._pixel_stats = self.normalization.tensors(self.device)  # mean, std [1 x 3 x 1 x 1]
         torch.manual_seed(experiment.train.seed)  # network initialisation
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
-        self.network = UNet(experiment.network).to(self.device, memory_format=fmt)
-        self.ema = UNet(experiment.network).to(self.device, memory_format=fmt)
+        self.network = build_network(experiment.network).to(self.device, memory_format=fmt)
+        self.ema = build_network(experiment.network).to(self.device, memory_format=fmt)
         self.ema.load_state_dict(self.network.state_dict())
         self.ema.eval().requires_grad_(False)
         # the tensors the EMA averages, paired once (load_state_dict copies in place, so they stay valid)
@@ -327,7 +327,7 @@ class Trainer:
                 "final_loss": self.last_loss, "torch": torch.__version__, "finished": self.finished}
 
     @torch.no_grad()
-    def calibrated_ema(self) -> UNet:
+    def calibrated_ema(self) -> torch.nn.Module:
         """A copy of the EMA network with BatchNorm statistics re-estimated for its own weights.
 
         The EMA of the running statistics averages statistics of *past training weights*, which
@@ -341,6 +341,7 @@ class Trainer:
             return self._calibrated[1]
         net = copy.deepcopy(self.ema)
         norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        momenta = [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average over the calibration batches
@@ -357,8 +358,8 @@ class Trainer:
                 x_t = x_t.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
                 net(x_t, noise**2)
-        for m in norms:
-            m.momentum = self.exp.network.batchnorm_momentum
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
         net.eval()
         self._calibrated = (self.step, net)
         return net
@@ -388,7 +389,7 @@ class Trainer:
         state = json.loads(jpath.read_text())
         if state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{jpath} is not a training state")
-        if state["experiment"] != json.loads(json.dumps(self.exp.to_dict())):
+        if not _same_experiment(state.get("experiment"), self.exp):
             raise CheckpointError(f"{jpath} belongs to a different configuration; use a new --out folder")
         if state["dataset"].get("size") != self.dataset.get("size"):
             raise CheckpointError(f"{jpath} was trained on {state['dataset'].get('size')} images, now {self.dataset.get('size')}")
@@ -404,6 +405,16 @@ class Trainer:
         self.normalization = PixelNormalization(**state["normalization"])
         self.step, self.wall_time, self.last_loss = state["step"], state["wall_time_s"], state["last_loss"]
         return True
+
+
+def _same_experiment(recorded: Any, experiment: ExperimentConfig) -> bool:
+    """Whether a training state's recorded experiment is ``experiment``, read as a config (so a key
+    added since with its default, such as network.kind, changes nothing)."""
+    try:
+        recorded = ExperimentConfig.from_dict(recorded, "training state")
+    except (ConfigError, TypeError, ValueError, AttributeError):
+        return False
+    return json.dumps(recorded.to_dict()) == json.dumps(experiment.to_dict())
 
 
 def _device_name(device: torch.device) -> str:

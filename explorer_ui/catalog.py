@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 
 from diffusion_core.checkpoint import (CheckpointError, experiment_from_description, read_description,
                                        read_description_file)
-from diffusion_core.unet import UNet
+from diffusion_core.networks import build_network
 
 FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def check_weights(json_path: Path, description: dict[str, Any]) -> None:
     where = str(json_path)
     experiment = experiment_from_description(description, where)
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UNet(experiment.network).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in build_network(experiment.network).state_dict().items()}
     found: dict[str, tuple[int, ...]] = {}
     for name in description["weights_files"]:
         wpath = json_path.parent / name

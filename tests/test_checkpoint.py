@@ -160,7 +160,7 @@ def test_reading_and_listing_checkpoints_imports_no_triton(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]))
     probe = "import sys, {}; print('triton' in sys.modules)"
     light = ("diffusion_core.checkpoint, diffusion_core.config, diffusion_core.generate, diffusion_core.runtime, "
-             "explorer_ui.catalog")
+             "diffusion_core.networks, diffusion_core.training, explorer_ui.catalog")
     for modules, imported in ((light, "False"), ("diffusion_core.fused.conv", "True")):
         done = subprocess.run([sys.executable, "-c", probe.format(modules)], env=env, cwd=root, capture_output=True,
                               text=True, timeout=300)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..folding import FoldedResidualBlock, fold_batchnorm
 from ..model import module_device
-from ..unet import UNet, noise_embedding
+from ..unet import ResidualBlock, UNet, dataflow, noise_embedding
 from . import conv as fc
 from . import resample as fr
 
@@ -194,18 +194,12 @@ class FusedUNet(nn.Module):
     def _forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
         e = noise_embedding(self.config, x, noise_variance)  # [N, E], into the first block's biases
         x = pad_channels(x, self.dtype)  # the stem is folded into the first block
-        skips = []
-        for i, blocks in enumerate(self.down):
-            for j, block in enumerate(blocks):
-                x = self._run(block, x, embedding=e if i == j == 0 else None)
-                skips.append(x)
-            x = fr.avgpool2x(x)
-        for block in self.middle:
-            x = self._run(block, x)
-        for blocks in self.up:
-            x = fr.upsample2x(x)
-            for block in blocks:
-                x = self._run(block, x, skips.pop())
+        first = self.down[0][0]
+
+        def run_block(block: nn.Module, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+            return self._run(block, x, skip, e if block is first else None)
+
+        x = dataflow(self, x, run_block, fr.avgpool2x, fr.upsample2x)  # the U-Net's levels, as UNet runs them
         # the head is folded into the last block unless self-attention follows it
         return nchw_view(x) if self.head is None else self.head(nchw_view(x))
 
@@ -220,9 +214,10 @@ def _residuals(level: nn.ModuleList) -> list[FoldedResidualBlock]:
 
 
 def fusable(network: UNet) -> bool:
-    """Whether every fused convolution's channel counts are multiples of 16 (the image's channels
-    are padded, and the embedding enters as a bias)."""
-    return all(w % 16 == 0 for w in network.config.widths)
+    """Whether every fused convolution's channel counts are multiples of 16: every residual block's
+    output width (the widths of the levels), which are also the inputs of all but the first block
+    (the image's channels are padded, and the embedding enters as a bias)."""
+    return all(m.conv1.out_channels % 16 == 0 for m in network.modules() if isinstance(m, ResidualBlock))
 
 
 def fused_available(network: UNet) -> bool:
