@@ -4,7 +4,7 @@ counts, loop bodies, matrix-multiply instructions, registers, spills and shared 
 Triton compiles for any target on a CPU (its wheel carries ptxas, nvdisasm and cuobjdump), so
 a kernel change can be judged by the instructions it executes before any GPU time is spent:
 the address and border arithmetic of the 3x3 loop (2,376 -> 1,168 instructions per program,
-docs/performance.md, eighth session) and the 2-warp row tiles' 236 registers were found this way.
+docs/performance.md) and the 2-warp row tiles' 236 registers were found this way.
 
     python -m bench.sass_report                     # every case below, sm_90
     python -m bench.sass_report --case rows-64 --arch 90 --sass out.sass

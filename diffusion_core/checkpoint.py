@@ -1,5 +1,6 @@
 """Checkpoints: weights in safetensors, the full description in JSON beside them. Nothing is ever
-unpickled, and every file is treated as untrusted: sizes, keys and shapes are checked before use.
+unpickled, and every file is treated as untrusted: sizes, names, shapes, dtypes and values are
+checked before use (``files.validate_tensors``); files are written atomically (``files``).
 
 Layout of a checkpoint named ``NAME``::
 
@@ -14,17 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .config import ConfigError, ExperimentConfig
+from .files import atomic_save_tensors, validate_tensors, write_json
 from .model import PixelNormalization, module_device
 from .networks import beyond_limits, build_network, count_parameters
 
@@ -57,49 +58,6 @@ class LoadedModel:
     def image_shape(self) -> tuple[int, int, int]:
         s = self.experiment.network.image_size
         return (self.experiment.network.channels, s, s)
-
-
-def _read_umask() -> int:
-    """The process's umask. Reading it means setting it, so this runs once, at import: the app
-    serves many sessions from threads, and a file another thread created while the mask was 0
-    would be world-writable."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_read_umask()  # the mode a plain open() gives a new file (mkstemp's own is 0600)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write then rename, so a reader never sees half a file and a crash leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _stem(path: str | os.PathLike) -> Path:
@@ -209,6 +167,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     network = build_network(experiment.network)
     expected = network.state_dict()
     weights: dict[str, torch.Tensor] = {}
+    files: dict[str, Path] = {}  # tensor -> the file holding it
     for name in desc["weights_files"]:
         wpath = stem.parent / name
         if not wpath.is_file():
@@ -216,21 +175,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         if wpath.stat().st_size > MAX_WEIGHT_BYTES:
             raise CheckpointError(f"weight file {wpath} is larger than {MAX_WEIGHT_BYTES >> 30} GiB")
         try:
-            weights.update(load_file(str(wpath), device="cpu"))
+            shard = load_file(str(wpath), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{wpath} is not a readable safetensors file: {e}") from e
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{where}: weights do not match the described network "
-                              f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                              f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})")
-    for k, v in expected.items():
-        if tuple(weights[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{where}: tensor {k} has shape {tuple(weights[k].shape)}, "
-                                  f"the description implies {tuple(v.shape)}")
-        if weights[k].is_floating_point() and not torch.isfinite(weights[k]).all():
-            raise CheckpointError(f"{where}: tensor {k} holds NaN or infinite values")
+        for k in shard:
+            if k in files:
+                raise CheckpointError(f"{wpath}: tensor {k} is also in {files[k]}")
+            files[k] = wpath
+        weights.update(shard)
+    validate_tensors(weights, expected, where, against="the description", files=files, error=CheckpointError)
     network.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
     network.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if torch.device(device).type == "cuda":  # 3x faster convolutions and upsampling (docs/performance.md)

@@ -164,7 +164,8 @@ def invert(model: LoadedModel, images: np.ndarray, num_steps: int,
     if images.shape[1:] != (size, size, 3):
         raise ValueError(f"this model takes {size}x{size} images, got {images.shape[1]}x{images.shape[2]}")
     x0 = model.normalization.to_model(torch.from_numpy(images).permute(0, 3, 1, 2).to(model.device))
-    denoiser = runtime.denoiser(model, None)  # float32 everywhere: inversion's fixed-point refinement amplifies bf16 error
+    # float32 everywhere: inversion's fixed-point refinement amplifies bf16 error
+    denoiser = runtime.denoiser(model, None)
     x_T = ddim_invert(denoiser, model.experiment.schedule, x0, num_steps, fixed_point_iterations)
     recon = sample(sample_steps(denoiser, model.experiment.schedule, x_T, config))
     return x_T, model.normalization.to_pixels(recon)

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from . import diffusion as D
-from .checkpoint import CheckpointError, atomic_save_tensors, describe_model, save_checkpoint, write_json
+from .checkpoint import CheckpointError, describe_model, save_checkpoint
 from .config import ConfigError, ExperimentConfig
+from .files import atomic_save_tensors, validate_tensors, write_json
 from .images import make_grid, save_png
 from .model import PixelNormalization, pixels_to_model
 from .networks import build_network
@@ -379,21 +380,44 @@ class Trainer:
                                              "last_loss": self.last_loss, "experiment": self.exp.to_dict(),
                                              "normalization": desc["normalization"], "dataset": self.dataset})
 
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """What state.safetensors holds, as meta tensors: the network's and the EMA's state dicts,
+        and per parameter i AdamW's optim.i.step, optim.i.exp_avg and optim.i.exp_avg_sq (absent
+        before the first step)."""
+        meta = lambda t: torch.empty(t.shape, dtype=t.dtype, device="meta")  # noqa: E731
+        expected = {f"model.{k}": meta(v) for k, v in self.network.state_dict().items()}
+        expected.update({f"ema.{k}": meta(v) for k, v in self.ema.state_dict().items()})
+        for i, p in enumerate(self.network.parameters()):
+            expected[f"optim.{i}.step"] = torch.empty((), device="meta")
+            expected[f"optim.{i}.exp_avg"] = expected[f"optim.{i}.exp_avg_sq"] = meta(p)
+        return expected
+
     def resume(self) -> bool:
         """Load ``state.*`` from the output folder if present; returns whether it did."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         jpath = self.out / "state.json"
         if not jpath.exists():
             return False
-        state = json.loads(jpath.read_text())
-        if state.get("format") != STATE_FORMAT:
+        try:
+            state = json.loads(jpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{jpath} is not valid JSON: {str(e)[:200]}") from e
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{jpath} is not a training state")
         if not _same_experiment(state.get("experiment"), self.exp):
             raise CheckpointError(f"{jpath} belongs to a different configuration; use a new --out folder")
         if state["dataset"].get("size") != self.dataset.get("size"):
             raise CheckpointError(f"{jpath} was trained on {state['dataset'].get('size')} images, now {self.dataset.get('size')}")
-        tensors = load_file(str(self.out / "state.safetensors"), device=str(self.device))
+        tpath = self.out / "state.safetensors"
+        try:
+            tensors = load_file(str(tpath), device=str(self.device))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{tpath} is not a readable safetensors file: {e}") from e
+        expected = self._state_tensors()
+        validate_tensors(tensors, expected, str(tpath), against="this run's network and optimizer",
+                         optional={k for k in expected if k.startswith("optim.")}, error=CheckpointError)
         self.network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         for i, p in enumerate(self.network.parameters()):

@@ -98,7 +98,7 @@ def test_description_that_does_not_match_its_weights(tmp_path):
         load_checkpoint(p)
     d["experiment"]["network"]["block_depth"] = 2
     p.write_text(json.dumps(d))
-    with pytest.raises(CheckpointError, match="do not match the described network"):
+    with pytest.raises(CheckpointError, match="weights do not match the description"):
         load_checkpoint(p)
 
 
