@@ -1,10 +1,10 @@
 """A/B of the fused sampling network against an earlier revision of it, in one process on one GPU.
 
 Kernel changes move the whole call by a few percent, less than the spread between two machines
-(or two calls) of the same kind, so they are judged in one process: the earlier revision's
-``fused_conv``, ``fused_resample`` and ``fused_unet`` are loaded as a package of their own beside
-the current ones, both networks are built from the same random reference network, and their CUDA
-graphs are timed in alternating rounds on the same input.
+(or two calls) of the same kind, so they are judged in one process: the earlier revision's fused
+modules (``diffusion_core/fused/``: ``conv``, ``resample``, ``unet``) are loaded as a package of
+their own beside the current ones, both networks are built from the same random reference
+network, and their CUDA graphs are timed in alternating rounds on the same input.
 
     python -m bench.ab_fused --extract HEAD~3 .ab-base     # in a git checkout
     python -m bench.ab_fused --base .ab-base               # on the GPU machine, with .ab-base copied there
@@ -25,33 +25,52 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = ("fused_conv", "fused_resample", "fused_unet")
+# the fused modules, by their name in diffusion_core/fused/ and in revisions that kept them as
+# diffusion_core/fused_NAME.py
+MODULES = {"conv": "fused_conv", "resample": "fused_resample", "unet": "fused_unet"}
+
+
+def _show(revision: str, path: str, repo: Path) -> str | None:
+    done = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=repo, capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def localize(text: str, flat: bool) -> str:
+    """A fused module's source with its imports of the rest of diffusion_core made absolute (so it
+    runs against the current folding and U-Net code) and those of its sibling fused modules kept
+    relative, under their package names. ``flat``: the source comes from diffusion_core/ itself
+    (``from .fused_conv import``, ``from .folding import``), else from diffusion_core/fused/."""
+    if flat:  # first the core's modules (``.unet`` is the U-Net there), then the fused ones renamed
+        text = re.sub(rf"^from \.(?!(?:{'|'.join(MODULES.values())})\b)(\w+)", r"from diffusion_core.\1", text,
+                      flags=re.M)
+        for name, old in MODULES.items():
+            text = re.sub(rf"^from \. import {old}\b", f"from . import {name}", text, flags=re.M)
+            text = re.sub(rf"^from \.{old}\b", f"from .{name}", text, flags=re.M)
+        return text
+    return re.sub(r"^from \.\.(\w+)", r"from diffusion_core.\1", text, flags=re.M)
 
 
 def extract(revision: str, dest: Path, repo: Path = Path(".")) -> Path:
-    """Write ``revision``'s fused modules into ``dest`` as an importable package: their imports of
-    the rest of diffusion_core become absolute, so they run against the current folding and U-Net
-    code, and against each other."""
+    """Write ``revision``'s fused modules into ``dest`` as an importable package (``localize``)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in MODULES:
-        try:
-            text = subprocess.run(["git", "show", f"{revision}:diffusion_core/{name}.py"], cwd=repo, check=True,
-                                  capture_output=True, text=True).stdout
-        except subprocess.CalledProcessError as e:
-            raise SystemExit(f"cannot read diffusion_core/{name}.py at {revision!r}: {e.stderr.strip()}") from e
-        local = "|".join(MODULES)
-        text = re.sub(rf"^from \.(?!(?:{local})\b)(\w+)", r"from diffusion_core.\1", text, flags=re.M)
-        (dest / f"{name}.py").write_text(text)
+    for name, old in MODULES.items():
+        text, flat = _show(revision, f"diffusion_core/fused/{name}.py", repo), False
+        if text is None:
+            text, flat = _show(revision, f"diffusion_core/{old}.py", repo), True
+        if text is None:
+            raise SystemExit(f"cannot read diffusion_core/fused/{name}.py (or diffusion_core/{old}.py) "
+                             f"at {revision!r}")
+        (dest / f"{name}.py").write_text(localize(text, flat))
     (dest / "__init__.py").write_text(f'"""diffusion_core\'s fused modules at {revision} (bench/ab_fused.py)."""\n')
     (dest / "REVISION").write_text(revision + "\n")
     return dest
 
 
 def load(base: Path, package: str = "ab_base_fused"):
-    """The extracted package's fused_unet module, imported as ``package.fused_unet`` (any folder
-    name will do, ``.ab-base`` included)."""
+    """The extracted package's unet module, imported as ``package.unet`` (any folder name will do,
+    ``.ab-base`` included)."""
     base = base.resolve()
-    if not (base / "fused_unet.py").is_file():
+    if not (base / "unet.py").is_file():
         raise SystemExit(f"{base} holds no extracted fused modules (make it with --extract REV {base})")
     if package not in sys.modules:
         spec = importlib.util.spec_from_file_location(package, base / "__init__.py",
@@ -59,7 +78,7 @@ def load(base: Path, package: str = "ab_base_fused"):
         module = importlib.util.module_from_spec(spec)
         sys.modules[package] = module
         spec.loader.exec_module(module)
-    return importlib.import_module(f"{package}.fused_unet")
+    return importlib.import_module(f"{package}.unet")
 
 
 def run(base: Path, rounds: int, calls: int, batch: int) -> dict:
@@ -68,7 +87,7 @@ def run(base: Path, rounds: int, calls: int, batch: int) -> dict:
     from bench.bench_fused import cuda_ms
     from bench.bench_sample import random_network
     from bench.common import REFERENCE, full_fp32
-    from diffusion_core import fused_unet
+    from diffusion_core.fused import unet as fused_unet
 
     old = load(base)
     dev = torch.device("cuda")

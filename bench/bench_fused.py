@@ -1,4 +1,4 @@
-"""The fused Triton sampling network (diffusion_core/fused_unet.py) against cuDNN and Inductor, on one GPU.
+"""The fused Triton sampling network (diffusion_core/fused/unet.py) against cuDNN and Inductor, on one GPU.
 
 1. Every fused convolution launch of the reference network (batch 256, 64x64) next to cuDNN's
    time for the bare convolutions it replaces (bias, SiLU, residual and concatenation not counted
@@ -30,11 +30,12 @@ import torch.nn.functional as F
 
 from bench.bench_sample import random_network
 from bench.common import REFERENCE, full_fp32
-from diffusion_core import fused_conv as fc
-from diffusion_core import fused_resample as fr
+from diffusion_core import runtime
 from diffusion_core.checkpoint import find_checkpoints, load_checkpoint
 from diffusion_core.folding import fold_batchnorm
-from diffusion_core.fused_unet import CudaGraphed, FusedUNet, nchw_view
+from diffusion_core.fused import conv as fc
+from diffusion_core.fused import resample as fr
+from diffusion_core.fused.unet import CudaGraphed, FusedUNet, nchw_view
 from diffusion_core.model import Denoiser, PixelNormalization
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps
 from diffusion_core.schedules import ScheduleConfig
@@ -317,7 +318,7 @@ def main() -> None:
             xc = torch.randn(n, cfg.channels, cfg.image_size, cfg.image_size, device=device).contiguous(
                 memory_format=torch.channels_last)
             vc = torch.rand(n, device=device)
-            folded_c = model.sampling_network.to(memory_format=torch.channels_last)
+            folded_c = runtime.sampling_network(model).to(memory_format=torch.channels_last)
             holder = {}
 
             def build_c():

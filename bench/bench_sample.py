@@ -24,15 +24,17 @@ import torch
 from bench import peers
 from bench.common import (REFERENCE, TINY, Case, Row, Settings, Unavailable, describe, forward_gflop_per_image,
                           full_fp32, main, measure, synchronize)
+from diffusion_core import runtime
 from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.config import ExperimentConfig
 from diffusion_core.folding import fold_batchnorm
-from diffusion_core.fused_unet import CudaGraphed, FusedUNet, fused_available
+from diffusion_core.fused.unet import CudaGraphed, FusedUNet, fused_available
 from diffusion_core.generate import generate
 from diffusion_core.model import Denoiser, PixelNormalization
+from diffusion_core.networks import count_parameters
 from diffusion_core.samplers import SamplerConfig, sample, sample_steps, seed_noise
 from diffusion_core.schedules import ScheduleConfig
-from diffusion_core.unet import UNet, UNetConfig, count_parameters
+from diffusion_core.unet import UNet, UNetConfig
 
 REL_L2_TOLERANCE = 2.0**-6  # four bf16 roundings
 VARIANTS = {  # our sampler: label -> (autocast, channels_last, network, torch.compile), as in the table
@@ -40,7 +42,7 @@ VARIANTS = {  # our sampler: label -> (autocast, channels_last, network, torch.c
     "bf16": (torch.bfloat16, False, "plain", False),
     "bf16_cl": (torch.bfloat16, True, "plain", False),
     "bf16_cl_compiled": (torch.bfloat16, True, "plain", True),
-    "bf16_cl_folded": (torch.bfloat16, True, "folded", False),  # LoadedModel.denoiser() on CUDA: the app's
+    "bf16_cl_folded": (torch.bfloat16, True, "folded", False),  # runtime.denoiser() on CUDA: the app's
     "bf16_cl_folded_compiled": (torch.bfloat16, True, "folded", True),  # torch.compile, where Triton cannot run
     "bf16_fused": (torch.bfloat16, True, "fused", False),  # denoiser(compile=True): generate() for long jobs
 }
@@ -174,7 +176,7 @@ def grid_overhead(settings: Settings) -> Row:
     config = SamplerConfig("ddim", steps)
     x = seed_noise(seeds, model.image_shape, settings.device)
     variance = torch.full((len(seeds),), 0.5, device=settings.device)
-    denoiser = model.denoiser()  # what a grid runs (too few calls for a compiled network): the folded network
+    denoiser = runtime.denoiser(model)  # what a grid runs (too few calls for a compiled network): the folded network
 
     def bare() -> torch.Tensor:
         for _ in range(steps):

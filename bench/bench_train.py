@@ -20,8 +20,9 @@ from bench import peers
 from bench.common import (REFERENCE, TINY, Case, Row, Settings, Timing, describe, forward_gflop_per_image, full_fp32,
                           main, measure, release_memory)
 from diffusion_core.config import DataConfig, ExperimentConfig, TrainConfig
+from diffusion_core.networks import count_parameters
 from diffusion_core.training import RunOptions, Trainer
-from diffusion_core.unet import UNet, UNetConfig, count_parameters
+from diffusion_core.unet import UNet, UNetConfig
 
 WIDE = UNetConfig(widths=(32, 64, 96, 128, 256), block_depth=4, image_size=80)  # seed DDIM experiment 8
 LARGE = UNetConfig(widths=(32, 64, 96, 128), block_depth=2, image_size=128)  # seed DDIM experiments 1-3

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusion_core import fused_conv as fc
+from diffusion_core.fused import conv as fc
 
 BATCH = 256  # the reference network's benchmark batch: default_tiles looks at the batch's pixels
 

@@ -1,5 +1,6 @@
 """Checkpoints: weights in safetensors, the full description in JSON beside them. Nothing is ever
-unpickled, and every file is treated as untrusted: sizes, keys and shapes are checked before use.
+unpickled, and every file is treated as untrusted: sizes, names, shapes, dtypes and values are
+checked before use (``files.validate_tensors``); files are written atomically (``files``).
 
 Layout of a checkpoint named ``NAME``::
 
@@ -12,28 +13,25 @@ Layout of a checkpoint named ``NAME``::
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from torch import nn
 
 from .config import ConfigError, ExperimentConfig
-from .folding import fold_batchnorm
-from .fused_unet import CudaGraphed, FusedUNet, fused_available
-from .model import AUTO, Denoiser, PixelNormalization, sampling_autocast
-from .unet import UNet, count_parameters
+from .files import atomic_save_tensors, validate_tensors, write_json
+from .model import PixelNormalization, module_device
+from .networks import beyond_limits, build_network, count_parameters
 
 FORMAT = "diffusion-explorer/1"
 MAX_DESCRIPTION_BYTES = 1 << 20  # a description is a few KiB; refuse anything absurd
 MAX_WEIGHT_BYTES = 2 << 30
-LIMITS = {"max_width": 2048, "max_levels": 7, "max_depth": 8, "max_image_size": 1024}
 
 
 class CheckpointError(ValueError):
@@ -42,97 +40,24 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A network in eval mode with its description. Treat as read-only (it is shared by the app)."""
+    """A network in eval mode with its description, as ``load_checkpoint`` read them. Treat as
+    read-only (the app shares it). How it samples (folded, compiled, fused) is ``runtime``'s choice."""
 
     name: str
     path: Path  # the .json description
-    network: UNet
+    network: nn.Module
     experiment: ExperimentConfig
     normalization: PixelNormalization
     description: dict[str, Any] = field(repr=False)
 
     @property
     def device(self) -> torch.device:
-        return next(self.network.parameters()).device
+        return module_device(self.network)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         s = self.experiment.network.image_size
         return (self.experiment.network.channels, s, s)
-
-    @functools.cached_property
-    def sampling_network(self) -> UNet:
-        """The network with its BatchNorm folded into the convolutions (diffusion_core.folding):
-        the same function, one pass fewer per residual block (50-step DDIM of 256 images on an
-        H100: 9.00 -> 8.07 ms per network call eagerly, 4.91 -> 4.61 ms compiled). Built once."""
-        return fold_batchnorm(self.network)
-
-    @functools.cached_property
-    def fused_network(self) -> CudaGraphed | None:
-        """The fused Triton sampling network (diffusion_core/fused_unet.py) replayed as CUDA graphs,
-        where it runs (CUDA, Triton, channel counts multiples of 16); None elsewhere. 50-step DDIM
-        of 256 images on an H100: 2,123 images/s against 643 for the folded network eagerly and
-        1,118 compiled by Inductor (docs/performance.md, eighth session). Built once; the kernels
-        compile on their first call (about 20-30 s on a new machine, then from Triton's disk cache)."""
-        if not fused_available(self.network):
-            return None
-        return CudaGraphed(FusedUNet(self.network))
-
-    def runs_fused(self, autocast: torch.dtype | str | None = AUTO) -> bool:
-        """Whether a compiled Denoiser (``denoiser(autocast, compile=True)``) runs the fused kernels:
-        bf16 sampling (they have no float32 version) where ``fused_available``; else torch.compile."""
-        return sampling_autocast(autocast, self.device) == torch.bfloat16 and fused_available(self.network)
-
-    def denoiser(self, autocast: torch.dtype | str | None = AUTO, compile: bool = False) -> Denoiser:
-        """The model's Denoiser. ``compile``: the fused kernels where they run (``runs_fused``),
-        else the folded network through torch.compile; otherwise the folded network eagerly. If the
-        fused or compiled network fails, the Denoiser says so and falls back to eager."""
-        fast = self.fused_network if compile and self.runs_fused(autocast) else None
-        return Denoiser(self.sampling_network, self.experiment.train.prediction, self.normalization, autocast,
-                        compile=compile, fast=fast)
-
-
-def _read_umask() -> int:
-    """The process's umask. Reading it means setting it, so this runs once, at import: the app
-    serves many sessions from threads, and a file another thread created while the mask was 0
-    would be world-writable."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_read_umask()  # the mode a plain open() gives a new file (mkstemp's own is 0600)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write then rename, so a reader never sees half a file and a crash leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _stem(path: str | os.PathLike) -> Path:
@@ -222,10 +147,9 @@ def experiment_from_description(desc: dict[str, Any], where: str) -> ExperimentC
         experiment = ExperimentConfig.from_dict(desc["experiment"], where)
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad experiment description: {e}") from e
-    net = experiment.network
-    if (max(net.widths) > LIMITS["max_width"] or len(net.widths) > LIMITS["max_levels"]
-            or net.block_depth > LIMITS["max_depth"] or net.image_size > LIMITS["max_image_size"]):
-        raise CheckpointError(f"{where}: network size beyond this tool's limits {LIMITS}")
+    limits = beyond_limits(experiment.network)
+    if limits:
+        raise CheckpointError(f"{where}: network size beyond this tool's limits {limits}")
     return experiment
 
 
@@ -240,9 +164,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         normalization = PixelNormalization(**desc.get("normalization", {}))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad normalization: {e}") from e
-    network = UNet(experiment.network)
+    network = build_network(experiment.network)
     expected = network.state_dict()
     weights: dict[str, torch.Tensor] = {}
+    files: dict[str, Path] = {}  # tensor -> the file holding it
     for name in desc["weights_files"]:
         wpath = stem.parent / name
         if not wpath.is_file():
@@ -250,21 +175,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         if wpath.stat().st_size > MAX_WEIGHT_BYTES:
             raise CheckpointError(f"weight file {wpath} is larger than {MAX_WEIGHT_BYTES >> 30} GiB")
         try:
-            weights.update(load_file(str(wpath), device="cpu"))
+            shard = load_file(str(wpath), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{wpath} is not a readable safetensors file: {e}") from e
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{where}: weights do not match the described network "
-                              f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                              f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})")
-    for k, v in expected.items():
-        if tuple(weights[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{where}: tensor {k} has shape {tuple(weights[k].shape)}, "
-                                  f"the description implies {tuple(v.shape)}")
-        if weights[k].is_floating_point() and not torch.isfinite(weights[k]).all():
-            raise CheckpointError(f"{where}: tensor {k} holds NaN or infinite values")
+        for k in shard:
+            if k in files:
+                raise CheckpointError(f"{wpath}: tensor {k} is also in {files[k]}")
+            files[k] = wpath
+        weights.update(shard)
+    validate_tensors(weights, expected, where, against="the description", files=files, error=CheckpointError)
     network.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
     network.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if torch.device(device).type == "cuda":  # 3x faster convolutions and upsampling (docs/performance.md)
@@ -308,7 +227,7 @@ def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return [p for p in sorted(folder.glob("*.json")) if _looks_like_description(p)]
 
 
-def describe_model(experiment: ExperimentConfig, normalization: PixelNormalization, network: UNet,
+def describe_model(experiment: ExperimentConfig, normalization: PixelNormalization, network: nn.Module,
                    training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """The description dictionary of a model (weights list and format are added on save)."""
     return {

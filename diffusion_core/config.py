@@ -2,6 +2,7 @@
 
 An experiment file has the tables ``[experiment]``, ``[schedule]``, ``[network]``, ``[data]`` and
 ``[train]``; every key is checked, so a typo is an error rather than a silently ignored setting.
+``[network]``'s keys are those of its ``kind`` (``diffusion_core.networks``; default "unet").
 The same dataclasses are written as JSON into every checkpoint (``to_dict`` / ``from_dict``).
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import networks
 from .schedules import ScheduleConfig
 from .unet import UNetConfig
 
@@ -80,7 +82,7 @@ class ExperimentConfig:
     description: str = ""
     reported_fid: float | None = None  # the seed's FID (non-standard protocol, see README)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    network: UNetConfig = field(default_factory=UNetConfig)
+    network: UNetConfig = field(default_factory=UNetConfig)  # a config of networks.KINDS, by network.kind
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -90,10 +92,13 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "ExperimentConfig":
         d = dict(d)
-        sections = {"schedule": ScheduleConfig, "network": UNetConfig, "data": DataConfig, "train": TrainConfig}
+        sections = {"schedule": ScheduleConfig, "data": DataConfig, "train": TrainConfig}
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
-            if key in sections:
+            if key == "network":  # the dataclass of the table's network.kind
+                where = f"{source}: [network]"
+                kwargs[key] = _build(_network_config_class(value, where), value, where)
+            elif key in sections:
                 kwargs[key] = _build(sections[key], value, f"{source}: [{key}]")
             elif key == "experiment":
                 if not isinstance(value, dict):
@@ -113,6 +118,15 @@ class ExperimentConfig:
                 raise ConfigError(f"no config section {section!r}")
             d[section].update(values)
         return ExperimentConfig.from_dict(d, "overrides")
+
+
+def _network_config_class(table: Any, where: str) -> type:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table of keys")
+    try:
+        return networks.config_class(table)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _build(cls, values: Any, where: str):

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import tarfile
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -36,6 +35,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 from PIL import JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401 (DECODE_FORMATS)
 from tqdm import tqdm
+
+from .files import atomic_write
 
 CACHE_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -364,22 +365,11 @@ def _cache_load(npy: Path, meta_path: Path, key: str, image_size: int):
         return None
 
 
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cache_save(npy: Path, meta_path: Path, images: np.ndarray, meta: dict) -> None:
     try:
         npy.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(npy, lambda f: np.save(f, images, allow_pickle=False))
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(npy, lambda f: np.save(f, images, allow_pickle=False))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     except OSError as e:
         warnings.warn(f"could not write cache {npy}: {e}", stacklevel=3)
 

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import LoadedModel, atomic_write_bytes, load_checkpoint, update_description
+from .checkpoint import LoadedModel, load_checkpoint, update_description
 from .fid import FeatureExtractor, cache_path, fid_from_features, load_feature_extractor, near_copy_report
+from .files import atomic_write_bytes
 from .generate import generate
 from .model import AUTO, sampling_autocast
 from .samplers import SamplerConfig

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import os
 import re
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from diffusion_core.files import atomic_write
 from diffusion_core.inception import FEATURE_DIM, FID_HELPER_FILENAME, PYTORCH_FID_FILENAME, load_inception, preprocess
 
 PYTORCH_FID_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{PYTORCH_FID_FILENAME}"
@@ -148,15 +148,10 @@ class RunningStats:
 
     def save(self, path: str | Path) -> Path:
         """Write ``mu``, ``sigma``, ``count`` and metadata as .npz (atomically, no pickles)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=self.mean, sigma=self.cov, count=np.int64(self.n), format=np.str_(STATS_FORMAT),
-                     weights_id=np.str_(self.weights_id), resolution=np.int64(self.resolution),
-                     dataset=np.str_(self.dataset))
-        os.replace(tmp, path)
-        return path
+        arrays = dict(mu=self.mean, sigma=self.cov, count=np.int64(self.n), format=np.str_(STATS_FORMAT),
+                      weights_id=np.str_(self.weights_id), resolution=np.int64(self.resolution),
+                      dataset=np.str_(self.dataset))
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> RunningStats:

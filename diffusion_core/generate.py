@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from . import runtime
 from .checkpoint import LoadedModel
 from .interpolation import Method, interpolate
 from .model import AUTO, Denoiser
@@ -44,7 +45,7 @@ def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
         raise ValueError("give at least one seed")
     x_T = seed_noise(seeds, model.image_shape, model.device)
     noise = NoiseSource(seeds, model.device, per_image_noise)
-    return sample_steps(denoiser or model.denoiser(autocast), model.experiment.schedule, x_T, config, noise)
+    return sample_steps(denoiser or runtime.denoiser(model, autocast), model.experiment.schedule, x_T, config, noise)
 
 
 def compile_pays(model: LoadedModel, num_images: int, config: SamplerConfig,
@@ -54,7 +55,7 @@ def compile_pays(model: LoadedModel, num_images: int, config: SamplerConfig,
     or COMPILE_MIN_CALLS where torch.compile would be used instead. Measured on one H100 (batches of
     256, 50-step DDIM; docs/performance.md):
 
-    - fused kernels (eighth session): 2.4 to 8.2 ms per call against 8.0 to 20.9 ms eagerly for the
+    - fused kernels: 2.4 to 8.2 ms per call against 8.0 to 20.9 ms eagerly for the
       reference and the shipped networks (5.7 to 12.7 ms saved per call); the first call of a
       process costs about 2 s once Triton's disk cache holds the kernels, so they pay from about
       350 calls; the very first use on a machine compiles them (20-30 s), which a job of 2,000 to
@@ -65,20 +66,20 @@ def compile_pays(model: LoadedModel, num_images: int, config: SamplerConfig,
     if model.device.type != "cuda":
         return False
     calls = -(-num_images // _chunk_size(model)) * config.num_steps
-    return calls >= (FUSED_MIN_CALLS if model.runs_fused(autocast) else COMPILE_MIN_CALLS)
+    return calls >= (FUSED_MIN_CALLS if runtime.runs_fused(model, autocast) else COMPILE_MIN_CALLS)
 
 
 def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
              autocast: torch.dtype | str | None = AUTO, per_image_noise: bool = True,
              compile: bool | None = None) -> np.ndarray:
     """Samples for ``seeds`` as uint8 [N x H x W x 3]; large requests run in chunks.
-    ``compile``: a compiled network (``LoadedModel.denoiser``); None decides by ``compile_pays``."""
+    ``compile``: a compiled network (``runtime.denoiser``); None decides by ``compile_pays``."""
     if len(seeds) == 0:
         raise ValueError("give at least one seed")
     check_sampler(model, config)
     if compile is None:
         compile = compile_pays(model, len(seeds), config, autocast)
-    denoiser = model.denoiser(autocast, compile)
+    denoiser = runtime.denoiser(model, autocast, compile)
     chunk = _chunk_size(model)
     out = []
     for i in range(0, len(seeds), chunk):
@@ -134,7 +135,7 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
     chunk = _chunk_size(model)
     out = []
     for i in range(0, len(path), chunk):
-        steps = sample_steps(model.denoiser(autocast), model.experiment.schedule, path[i:i + chunk], config)
+        steps = sample_steps(runtime.denoiser(model, autocast), model.experiment.schedule, path[i:i + chunk], config)
         out.append(model.normalization.to_pixels(sample(steps)))
     return np.concatenate(out)
 
@@ -163,7 +164,8 @@ def invert(model: LoadedModel, images: np.ndarray, num_steps: int,
     if images.shape[1:] != (size, size, 3):
         raise ValueError(f"this model takes {size}x{size} images, got {images.shape[1]}x{images.shape[2]}")
     x0 = model.normalization.to_model(torch.from_numpy(images).permute(0, 3, 1, 2).to(model.device))
-    denoiser = model.denoiser(None)  # float32 everywhere: inversion's fixed-point refinement amplifies bf16 error
+    # float32 everywhere: inversion's fixed-point refinement amplifies bf16 error
+    denoiser = runtime.denoiser(model, None)
     x_T = ddim_invert(denoiser, model.experiment.schedule, x0, num_steps, fixed_point_iterations)
     recon = sample(sample_steps(denoiser, model.experiment.schedule, x_T, config))
     return x_T, model.normalization.to_pixels(recon)

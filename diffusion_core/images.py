@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .files import atomic_write_bytes
+
 
 def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, fill: int = 255) -> np.ndarray:
     """[N x H x W x 3] uint8 -> one [rows*(H+pad)+pad x cols*(W+pad)+pad x 3] uint8 image."""
@@ -32,10 +34,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG", optimize=True)
-    return path
+    return atomic_write_bytes(path, png_bytes(image))  # a reader (the app) never sees half a grid
 
 
 def gif_bytes(frames: np.ndarray, duration_ms: int = 80, scale: int = 1, loop: int = 0) -> bytes:

@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .files import atomic_save_tensors, validate_tensors
+
 NETWORK_NAME = "fid-inception-2015-12-05"
 FEATURE_DIM = 2048  # pool3 features
 INPUT_SIZE = 299  # network input height = width
@@ -364,19 +366,9 @@ def _state_dict_from_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], d
 
 
 def _check_and_load(model: FIDInceptionV3, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` (any float dtype) into ``model`` as fp32, with clear errors on any mismatch."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: not FID Inception weights: {len(missing)} missing tensors "
-                         f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-    for name, ref in expected.items():
-        t = state[name]
-        if t.shape != ref.shape or not t.is_floating_point():
-            raise ValueError(f"{path}: tensor {name} is {tuple(t.shape)} {t.dtype}, expected {tuple(ref.shape)} float")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{path}: tensor {name} holds non-finite values (corrupt file?)")
+    """Load ``state`` (float16, bfloat16 or float32) into ``model`` as fp32, once
+    ``files.validate_tensors`` found it to be these weights (ValueError naming the file and tensor)."""
+    validate_tensors(state, model.state_dict(), str(path), against="the FID Inception network")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
 
 
@@ -425,8 +417,6 @@ def convert(source: str | Path, out_path: str | Path, dtype: Literal["float32", 
     float16 stores the conv kernels (99.9% of the bytes) in fp16 and keeps the batch-norm vectors
     in fp32: about 44 MB against 87 MB. Returns ``out_path``.
     """
-    from safetensors.torch import save_file
-
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     model = load_inception(source)
@@ -434,8 +424,5 @@ def convert(source: str | Path, out_path: str | Path, dtype: Literal["float32", 
         raise ValueError(f"{source} is stored in fp16; convert from the original file to get fp32 weights")
     stored = torch.float16 if dtype == "float16" else torch.float32
     state = {k: (v.to(stored) if v.ndim == 4 else v).contiguous() for k, v in model.state_dict().items()}
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out_path), metadata={"format": SAFETENSORS_FORMAT, "network": NETWORK_NAME,
-                                              "source": model.weights_source, "stored_dtype": dtype})
-    return out_path
+    return atomic_save_tensors(state, out_path, {"format": SAFETENSORS_FORMAT, "network": NETWORK_NAME,
+                                                 "source": model.weights_source, "stored_dtype": dtype})

@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from . import diffusion as D
-from .checkpoint import CheckpointError, atomic_save_tensors, describe_model, save_checkpoint, write_json
-from .config import ExperimentConfig
+from .checkpoint import CheckpointError, describe_model, save_checkpoint
+from .config import ConfigError, ExperimentConfig
+from .files import atomic_save_tensors, validate_tensors, write_json
 from .images import make_grid, save_png
 from .model import PixelNormalization, pixels_to_model
+from .networks import build_network
 from .samplers import SamplerConfig, sample, sample_steps, seed_noise
-from .unet import UNet
 
 CALIBRATION_BATCHES = 32  # batches that re-estimate the EMA network's BatchNorm statistics
 
@@ -107,8 +108,8 @@ class Trainer:
         self._pixel_stats = self.normalization.tensors(self.device)  # mean, std [1 x 3 x 1 x 1]
         torch.manual_seed(experiment.train.seed)  # network initialisation
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
-        self.network = UNet(experiment.network).to(self.device, memory_format=fmt)
-        self.ema = UNet(experiment.network).to(self.device, memory_format=fmt)
+        self.network = build_network(experiment.network).to(self.device, memory_format=fmt)
+        self.ema = build_network(experiment.network).to(self.device, memory_format=fmt)
         self.ema.load_state_dict(self.network.state_dict())
         self.ema.eval().requires_grad_(False)
         # the tensors the EMA averages, paired once (load_state_dict copies in place, so they stay valid)
@@ -327,7 +328,7 @@ class Trainer:
                 "final_loss": self.last_loss, "torch": torch.__version__, "finished": self.finished}
 
     @torch.no_grad()
-    def calibrated_ema(self) -> UNet:
+    def calibrated_ema(self) -> torch.nn.Module:
         """A copy of the EMA network with BatchNorm statistics re-estimated for its own weights.
 
         The EMA of the running statistics averages statistics of *past training weights*, which
@@ -341,6 +342,7 @@ class Trainer:
             return self._calibrated[1]
         net = copy.deepcopy(self.ema)
         norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        momenta = [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average over the calibration batches
@@ -357,8 +359,8 @@ class Trainer:
                 x_t = x_t.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
                 net(x_t, noise**2)
-        for m in norms:
-            m.momentum = self.exp.network.batchnorm_momentum
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
         net.eval()
         self._calibrated = (self.step, net)
         return net
@@ -378,21 +380,44 @@ class Trainer:
                                              "last_loss": self.last_loss, "experiment": self.exp.to_dict(),
                                              "normalization": desc["normalization"], "dataset": self.dataset})
 
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """What state.safetensors holds, as meta tensors: the network's and the EMA's state dicts,
+        and per parameter i AdamW's optim.i.step, optim.i.exp_avg and optim.i.exp_avg_sq (absent
+        before the first step)."""
+        meta = lambda t: torch.empty(t.shape, dtype=t.dtype, device="meta")  # noqa: E731
+        expected = {f"model.{k}": meta(v) for k, v in self.network.state_dict().items()}
+        expected.update({f"ema.{k}": meta(v) for k, v in self.ema.state_dict().items()})
+        for i, p in enumerate(self.network.parameters()):
+            expected[f"optim.{i}.step"] = torch.empty((), device="meta")
+            expected[f"optim.{i}.exp_avg"] = expected[f"optim.{i}.exp_avg_sq"] = meta(p)
+        return expected
+
     def resume(self) -> bool:
         """Load ``state.*`` from the output folder if present; returns whether it did."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         jpath = self.out / "state.json"
         if not jpath.exists():
             return False
-        state = json.loads(jpath.read_text())
-        if state.get("format") != STATE_FORMAT:
+        try:
+            state = json.loads(jpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{jpath} is not valid JSON: {str(e)[:200]}") from e
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{jpath} is not a training state")
-        if state["experiment"] != json.loads(json.dumps(self.exp.to_dict())):
+        if not _same_experiment(state.get("experiment"), self.exp):
             raise CheckpointError(f"{jpath} belongs to a different configuration; use a new --out folder")
         if state["dataset"].get("size") != self.dataset.get("size"):
             raise CheckpointError(f"{jpath} was trained on {state['dataset'].get('size')} images, now {self.dataset.get('size')}")
-        tensors = load_file(str(self.out / "state.safetensors"), device=str(self.device))
+        tpath = self.out / "state.safetensors"
+        try:
+            tensors = load_file(str(tpath), device=str(self.device))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{tpath} is not a readable safetensors file: {e}") from e
+        expected = self._state_tensors()
+        validate_tensors(tensors, expected, str(tpath), against="this run's network and optimizer",
+                         optional={k for k in expected if k.startswith("optim.")}, error=CheckpointError)
         self.network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         for i, p in enumerate(self.network.parameters()):
@@ -404,6 +429,16 @@ class Trainer:
         self.normalization = PixelNormalization(**state["normalization"])
         self.step, self.wall_time, self.last_loss = state["step"], state["wall_time_s"], state["last_loss"]
         return True
+
+
+def _same_experiment(recorded: Any, experiment: ExperimentConfig) -> bool:
+    """Whether a training state's recorded experiment is ``experiment``, read as a config (so a key
+    added since with its default, such as network.kind, changes nothing)."""
+    try:
+        recorded = ExperimentConfig.from_dict(recorded, "training state")
+    except (ConfigError, TypeError, ValueError, AttributeError):
+        return False
+    return json.dumps(recorded.to_dict()) == json.dumps(experiment.to_dict())
 
 
 def _device_name(device: torch.device) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class UNetConfig:
+    kind: Literal["unet"] = "unet"  # network.kind: this reference U-Net (diffusion_core.networks)
     widths: tuple[int, ...] = (32, 64, 96, 128)  # channels per level; len(widths) - 1 poolings
     block_depth: int = 2  # residual blocks per level (2 to 4 in the seed experiments)
     image_size: int = 64  # square input size; must divide by 2 ** (len(widths) - 1)
@@ -38,6 +40,8 @@ class UNetConfig:
     batchnorm_momentum: float = 0.01  # PyTorch convention; Keras' 0.99
 
     def __post_init__(self) -> None:
+        if self.kind != "unet":
+            raise ValueError(f"a UNetConfig has network.kind 'unet', got {self.kind!r}")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
         if len(self.widths) < 2 or any(w < 1 for w in self.widths):
@@ -229,21 +233,39 @@ class UNet(nn.Module):
             # on an H100: one transposing kernel of 2.1 ms in a 18.5 ms step)
             e = e.contiguous(memory_format=torch.channels_last)
         x = torch.cat([stem, e], dim=1)  # [N x (w0 + E) x S x S]
-        skips = []
-        for blocks in self.down:
-            for block in blocks:
-                x = block(x)
-                skips.append(x)
-            x = F.avg_pool2d(x, 2)
-        for block in self.middle:
-            x = block(x)
-        for blocks in self.up:
-            x = upsample2x_bilinear(x)
-            for block in blocks:
-                x = block(torch.cat([x, skips.pop()], dim=1))
+        x = dataflow(self, x, _run_block, _pool2x, upsample2x_bilinear)
         return self.head(x)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (frozen ones too: an EMA or loaded network has no gradients)."""
-    return sum(p.numel() for p in module.parameters())
+def _run_block(block: nn.Module, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    return block(x if skip is None else torch.cat([x, skip], dim=1))
+
+
+def _pool2x(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+def dataflow(network: nn.Module, x: torch.Tensor, run_block: Callable, pool: Callable, upsample: Callable):
+    """The U-Net's levels, once: what ``UNet.forward`` does between the stem and the head, over the
+    ``down``, ``middle`` and ``up`` module lists of ``network`` (a UNet, or a network rebuilt from
+    one block for block, such as ``fused.unet.FusedUNet``), with that network's operations:
+
+        down level:  each block's output kept as a skip, then ``pool``
+        middle:      the blocks in turn
+        up level:    ``upsample``, then each block on x and the latest skip not yet used
+
+    ``run_block(block, x, skip)`` runs one block (``skip`` None outside the up levels)."""
+    skips = []
+    for blocks in network.down:
+        for block in blocks:
+            x = run_block(block, x, None)
+            skips.append(x)
+        x = pool(x)
+    for block in network.middle:
+        x = run_block(block, x, None)
+    for blocks in network.up:
+        x = upsample(x)
+        for block in blocks:
+            x = run_block(block, x, skips.pop())
+    return x
+

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from diffusion_core.checkpoint import (CheckpointError, experiment_from_description, read_description,
                                        read_description_file)
-from diffusion_core.unet import UNet
+from diffusion_core.files import header_tensors, validate_tensors
+from diffusion_core.networks import build_network
 
 FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,33 +97,28 @@ def folder_stamp(folder: Path) -> tuple:
 
 
 def check_weights(json_path: Path, description: dict[str, Any]) -> None:
-    """Raise ``CheckpointError`` unless the weight files' headers hold exactly the tensors (names
-    and shapes) that the described network needs. Reads only the safetensors headers and builds
-    the network on the meta device, so it is cheap enough to run on every listed checkpoint;
-    ``load_checkpoint`` repeats these checks (and checks the values) when the model is loaded."""
+    """Raise ``CheckpointError`` unless the weight files' headers hold exactly the tensors that the
+    described network needs (names, shapes, dtypes: ``files.validate_tensors``). Reads only the
+    safetensors headers and builds the network on the meta device, so it is cheap enough to run on
+    every listed checkpoint; ``load_checkpoint`` repeats these checks (and checks the values) when
+    the model is loaded."""
     where = str(json_path)
     experiment = experiment_from_description(description, where)
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UNet(experiment.network).state_dict().items()}
-    found: dict[str, tuple[int, ...]] = {}
+        expected = build_network(experiment.network).state_dict()
+    found: dict[str, torch.Tensor] = {}  # meta tensors: shapes and dtypes from the headers
+    files: dict[str, Path] = {}
     for name in description["weights_files"]:
         wpath = json_path.parent / name
         if not wpath.is_file():
             raise CheckpointError(f"weight file {wpath} is missing")
         try:
-            with safe_open(str(wpath), framework="pt") as f:
-                for key in f.keys():
-                    found[key] = tuple(f.get_slice(key).get_shape())
+            header = header_tensors(wpath)
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{wpath} is not a readable safetensors file: {e}") from e
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{where}: weights do not match the described network "
-                              f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                              f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})")
-    for key, shape in expected.items():
-        if found[key] != shape:
-            raise CheckpointError(f"{where}: tensor {key} has shape {found[key]}, the description implies {shape}")
+        found.update(header)
+        files.update(dict.fromkeys(header, wpath))
+    validate_tensors(found, expected, where, against="the description", files=files, error=CheckpointError)
 
 
 def _sample_png(json_path: Path, name: str) -> Path | None:

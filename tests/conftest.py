@@ -5,7 +5,7 @@ from pathlib import Path
 # idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
 # make every torch call many times slower (see explorer_ui/__init__.py)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Triton kernels (diffusion_core/fused_conv.py) run under Triton's interpreter in the tests: CI
+# Triton kernels (diffusion_core/fused/conv.py) run under Triton's interpreter in the tests: CI
 # has no GPU. Triton reads this when it is first imported, so it is set before anything imports it.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,7 +98,7 @@ def test_description_that_does_not_match_its_weights(tmp_path):
         load_checkpoint(p)
     d["experiment"]["network"]["block_depth"] = 2
     p.write_text(json.dumps(d))
-    with pytest.raises(CheckpointError, match="do not match the described network"):
+    with pytest.raises(CheckpointError, match="weights do not match the description"):
         load_checkpoint(p)
 
 
@@ -143,3 +144,25 @@ def test_description_counts_parameters_of_frozen_networks(tmp_path):
     model = load_checkpoint(make_tiny_checkpoint(tmp_path))
     desc = describe_model(model.experiment, model.normalization, model.network)
     assert desc["parameters"] == sum(p.numel() for p in UNet(model.experiment.network).parameters()) > 0
+
+
+def test_reading_and_listing_checkpoints_imports_no_triton(tmp_path):
+    """Only runtime's fused path imports Triton: reading, listing and eager sampling never do. A
+    stand-in ``triton`` package first on the path shows whether anything imports it (the control:
+    the fused kernels' module does)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton" / "__init__.py").write_text("")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]))
+    probe = "import sys, {}; print('triton' in sys.modules)"
+    light = ("diffusion_core.checkpoint, diffusion_core.config, diffusion_core.generate, diffusion_core.runtime, "
+             "diffusion_core.networks, diffusion_core.training, explorer_ui.catalog")
+    for modules, imported in ((light, "False"), ("diffusion_core.fused.conv", "True")):
+        done = subprocess.run([sys.executable, "-c", probe.format(modules)], env=env, cwd=root, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == imported, modules

@@ -1,17 +1,17 @@
 """Compiled sampling for long jobs: same images as eager, one compilation per network and batch
 shape, an eager fallback when compiling fails, and the rule that decides when it pays."""
 
-import functools
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from diffusion_core import checkpoint
 from diffusion_core import generate as G
-from diffusion_core.checkpoint import LoadedModel, load_checkpoint
+from diffusion_core import runtime
+from diffusion_core.checkpoint import load_checkpoint
 from diffusion_core.cli import build_parser
+from diffusion_core.model import Denoiser
 from diffusion_core.samplers import SamplerConfig
 from tests.helpers import make_tiny_checkpoint
 
@@ -55,17 +55,15 @@ def test_a_compile_that_fails_falls_back_to_eager_once(model, monkeypatch, capsy
 
 
 def _fake(device, size=64):
-    """A model of this resolution on ``device`` with LoadedModel's own ``runs_fused`` rule."""
-    fake = SimpleNamespace(device=torch.device(device), network=None,
+    """A model of this resolution on ``device`` (for ``runtime.runs_fused``, whose rule compile_pays uses)."""
+    return SimpleNamespace(device=torch.device(device), network=None,
                            experiment=SimpleNamespace(network=SimpleNamespace(image_size=size)))
-    fake.runs_fused = functools.partial(LoadedModel.runs_fused, fake)
-    return fake
 
 
 def test_compiling_pays_on_cuda_from_the_call_count(monkeypatch):
     """Network calls = batches x steps, a batch being MAX_BATCH_PIXELS of the model's resolution
     (256 images at 64 px); where the fused kernels cannot run, torch.compile's threshold."""
-    monkeypatch.setattr(checkpoint, "fused_available", lambda network: False)
+    monkeypatch.setattr(runtime, "fused_available", lambda network: False)
 
     ddim50, ddpm1000 = SamplerConfig("ddim", 50), SamplerConfig("ddpm", 1000)
     assert G._chunk_size(_fake("cuda")) == 256
@@ -82,7 +80,7 @@ def test_compiling_pays_on_cuda_from_the_call_count(monkeypatch):
 
 def test_compiling_pays_sooner_where_the_fused_kernels_run(monkeypatch):
     """The fused kernels' threshold, only for bf16 sampling (they have no float32 version)."""
-    monkeypatch.setattr(checkpoint, "fused_available", lambda network: True)
+    monkeypatch.setattr(runtime, "fused_available", lambda network: True)
     ddim50 = SamplerConfig("ddim", 50)
     assert G.FUSED_MIN_CALLS == 1_000
     assert not G.compile_pays(_fake("cuda"), 2911, ddim50)  # the FID protocol: 12 x 50 = 600
@@ -99,3 +97,27 @@ def test_cli_compile_flag(command):
     assert parse([command, "m.json", *extra]).compile is None
     assert parse([command, "m.json", *extra, "--compile"]).compile is True
     assert parse([command, "m.json", *extra, "--no-compile"]).compile is False
+
+
+def test_a_fused_network_that_cannot_be_built_leaves_the_folded_network_eager(tmp_path, monkeypatch, capsys):
+    """Building the fused network fails (said once on stderr): compiled sampling runs the folded
+    network eagerly, and the build is not tried again."""
+    from diffusion_core.fused import unet as fused_unet
+    builds = []
+
+    def broken(network, dtype=torch.bfloat16):
+        builds.append(network)
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(runtime, "fused_available", lambda network: True)
+    monkeypatch.setattr(fused_unet, "FusedUNet", broken)
+    model = load_checkpoint(make_tiny_checkpoint(tmp_path))
+    x, variance = torch.randn(2, 3, 16, 16), torch.full((2,), 0.36)
+    eager = Denoiser(runtime.sampling_network(model), "eps", model.normalization, torch.bfloat16)
+    for _ in range(2):
+        d = runtime.denoiser(model, torch.bfloat16, compile=True)
+        assert d._forward is runtime.sampling_network(model) and not d.compiled
+        torch.testing.assert_close(d.network_output(x, variance), eager.network_output(x, variance))
+    assert len(builds) == 1
+    err = capsys.readouterr().err
+    assert err.count("building the fused sampling network failed (OutOfMemoryError: CUDA out of memory)") == 1

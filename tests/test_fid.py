@@ -188,7 +188,7 @@ def test_corrupt_or_foreign_safetensors_are_refused(tmp_path):
         inception.load_inception(garbage)
     foreign = tmp_path / "foreign.safetensors"
     save_file({"conv.weight": torch.zeros(4, 3, 3, 3)}, str(foreign))
-    with pytest.raises(ValueError, match="not FID Inception weights"):
+    with pytest.raises(ValueError, match="weights do not match the FID Inception network"):
         inception.load_inception(foreign)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(foreign.read_bytes()[:-50])

@@ -4,6 +4,7 @@ border included, in every memory format and block kind; the original network unt
 import pytest
 import torch
 
+from diffusion_core import runtime
 from diffusion_core.checkpoint import load_checkpoint
 from diffusion_core.folding import FoldedResidualBlock, fold_batchnorm
 from diffusion_core.unet import ResidualBlock, UNet, UNetConfig
@@ -74,7 +75,7 @@ def test_only_eval_networks_fold():
 
 def test_a_loaded_model_samples_with_the_folded_network_once(tmp_path):
     model = load_checkpoint(make_tiny_checkpoint(tmp_path))
-    first, second = model.denoiser(), model.denoiser(None)
-    assert first.network is second.network is model.sampling_network
+    first, second = runtime.denoiser(model), runtime.denoiser(model, None)
+    assert first.network is second.network is runtime.sampling_network(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in first.network.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.network.modules())  # exports keep the original

@@ -1,5 +1,5 @@
-"""The fused sampling convolution (diffusion_core/fused_conv.py) and the fused U-Net built from it
-(diffusion_core/fused_unet.py), run under Triton's interpreter (tests/conftest.py sets
+"""The fused sampling convolution (diffusion_core/fused/conv.py) and the fused U-Net built from it
+(diffusion_core/fused/unet.py), run under Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1): every operand combination against PyTorch's convolutions, the whole network
 against the network it was built from, and the errors a caller can cause. In float32/float64: the
 interpreter's bf16 matrix product is not numerically meaningful (bf16 agreement is checked on a GPU
@@ -12,9 +12,11 @@ pytest.importorskip("triton")
 
 import torch.nn.functional as F  # noqa: E402
 
-from diffusion_core import fused_conv as fc  # noqa: E402
-from diffusion_core import fused_resample as fr  # noqa: E402
-from diffusion_core.fused_unet import FusedUNet, fusable  # noqa: E402
+from diffusion_core.fused import conv as fc  # noqa: E402
+from diffusion_core.fused import resample as fr  # noqa: E402
+from diffusion_core import runtime  # noqa: E402
+from diffusion_core.fused.unet import FusedUNet, fusable  # noqa: E402
+from diffusion_core.model import Denoiser  # noqa: E402
 from diffusion_core.unet import UNet, UNetConfig  # noqa: E402
 
 TILES = {"small tiles": fc.Tiles(block_m=32, block_n=32, block_k=16),  # several programs, ragged edges
@@ -245,37 +247,39 @@ def _fusable_model(tmp_path):
 
 
 def test_the_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
-    from diffusion_core import checkpoint as C
-    from diffusion_core import fused_unet
+    from diffusion_core.fused import unet as fused_unet
     model = _fusable_model(tmp_path)
     assert not fused_unet.fused_available(model.network)  # a CPU
-    assert model.denoiser(torch.bfloat16, compile=True)._forward is not model.sampling_network  # torch.compile
+    assert not runtime.fused_available(model.network)
+    assert runtime.denoiser(model, torch.bfloat16, compile=True)._forward is not runtime.sampling_network(model)
     monkeypatch.setattr(fc, "available", lambda device: True)
     assert fused_unet.fused_available(model.network)
+    assert not runtime.fused_available(model.network)  # runtime asks Triton only for a network on CUDA
     assert not fused_unet.fused_available(UNet(UNetConfig(widths=(8, 16), block_depth=1, image_size=8)))
     monkeypatch.setenv("DIFFUSION_EXPLORER_FUSED", "0")
     assert not fused_unet.fused_available(model.network)
     monkeypatch.delenv("DIFFUSION_EXPLORER_FUSED")
 
-    monkeypatch.setattr(C, "CudaGraphed", lambda network: network)  # CUDA graphs need CUDA
+    monkeypatch.setattr(runtime, "fused_available", fused_unet.fused_available)  # as on CUDA
+    monkeypatch.setattr(fused_unet, "CudaGraphed", lambda network: network)  # CUDA graphs need CUDA
     fresh = _fusable_model(tmp_path)
-    fast = fresh.denoiser(torch.bfloat16, compile=True)
+    fast = runtime.denoiser(fresh, torch.bfloat16, compile=True)
     assert isinstance(fast._forward, FusedUNet) and fast._forward.dtype == torch.bfloat16 and fast.compiled
-    assert fresh.denoiser(torch.bfloat16, compile=True)._forward is fast._forward  # built once
-    assert fresh.denoiser(torch.bfloat16)._forward is fresh.sampling_network  # not asked: eager
-    assert fresh.denoiser(None, compile=True)._forward is not fast._forward  # float32: torch.compile, no bf16 kernels
-    assert fresh.runs_fused(torch.bfloat16) and not fresh.runs_fused(None)  # the rule compile_pays uses too
+    assert runtime.denoiser(fresh, torch.bfloat16, compile=True)._forward is fast._forward  # built once
+    assert runtime.denoiser(fresh, torch.bfloat16)._forward is runtime.sampling_network(fresh)  # not asked: eager
+    # float32: torch.compile, no bf16 kernels
+    assert runtime.denoiser(fresh, None, compile=True)._forward is not fast._forward
+    assert runtime.runs_fused(fresh, torch.bfloat16) and not runtime.runs_fused(fresh, None)  # compile_pays' rule too
 
 
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
 def test_a_denoiser_samples_the_same_through_the_fused_network(tmp_path):
-    from diffusion_core.model import Denoiser
     from diffusion_core.samplers import SamplerConfig, sample, sample_steps
     model = _fusable_model(tmp_path)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     images = []
     for fast in (None, FusedUNet(model.network, torch.float32)):
-        d = Denoiser(model.sampling_network, "eps", model.normalization, None, fast=fast)
+        d = Denoiser(runtime.sampling_network(model), "eps", model.normalization, None, fast=fast)
         images.append(sample(sample_steps(d, model.experiment.schedule, x_T, SamplerConfig("ddim", 3))))
         assert d.calls == 3
     assert images[0].abs().max() > 0.1
@@ -290,7 +294,6 @@ def test_a_denoiser_samples_the_same_through_the_fused_network(tmp_path):
 
 
 def test_a_failing_fused_network_falls_back_to_eager_with_a_message(tmp_path, capsys):
-    from diffusion_core.model import Denoiser
     model = _fusable_model(tmp_path)
 
     class Broken(torch.nn.Module):
@@ -298,8 +301,8 @@ def test_a_failing_fused_network_falls_back_to_eager_with_a_message(tmp_path, ca
             raise RuntimeError("no kernel for this card")
 
     x = torch.randn(2, 3, 16, 16)
-    fast = Denoiser(model.sampling_network, "eps", model.normalization, None, fast=Broken())
-    eager = Denoiser(model.sampling_network, "eps", model.normalization, None)
+    fast = Denoiser(runtime.sampling_network(model), "eps", model.normalization, None, fast=Broken())
+    eager = Denoiser(runtime.sampling_network(model), "eps", model.normalization, None)
     for _ in range(2):  # the second call goes straight to eager
         torch.testing.assert_close(fast(x, 0.8, 0.6), eager(x, 0.8, 0.6))
     assert capsys.readouterr().err.count("no kernel for this card") == 1
@@ -358,15 +361,15 @@ def test_the_ab_tool_loads_an_earlier_revision_beside_the_current_modules(tmp_pa
     from pathlib import Path
 
     from bench import ab_fused
-    from diffusion_core import fused_unet
+    from diffusion_core.fused import unet as fused_unet
     repo = Path(__file__).resolve().parents[1]
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True).returncode:
         pytest.skip("not a git checkout")
     base = ab_fused.extract("HEAD", tmp_path / ".ab-base", repo)
-    assert "from diffusion_core.folding import" in (base / "fused_unet.py").read_text()
-    assert "from .fused_conv import" in (base / "fused_resample.py").read_text()  # its own, still relative
+    assert "from diffusion_core.folding import" in (base / "unet.py").read_text()
+    assert "from .conv import" in (base / "resample.py").read_text()  # its own, still relative
     old = ab_fused.load(base, package="ab_test_fused")
-    assert old is not fused_unet and old.fc is not fc and old.fc.__name__ == "ab_test_fused.fused_conv"
+    assert old is not fused_unet and old.fc is not fc and old.fc.__name__ == "ab_test_fused.conv"
     config = UNetConfig(widths=(16, 32), block_depth=1, image_size=8, embedding_dims=16)
     net = _network(config)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
@@ -409,3 +412,17 @@ def test_the_sass_report_compiles_for_hopper_without_a_gpu():
     r = subprocess.run([sys.executable, "-m", "bench.sass_report", "--case", "rows-64"], capture_output=True,
                        text=True, cwd=root, env=dict(env, TRITON_INTERPRET="1"), timeout=300)
     assert r.returncode != 0 and "unset it" in r.stderr
+
+
+def test_the_ab_tool_reads_revisions_that_kept_the_fused_modules_in_diffusion_core():
+    """Revisions before diffusion_core/fused/ held fused_conv.py, fused_resample.py, fused_unet.py
+    beside the rest of the core: their sibling imports are renamed, the others made absolute."""
+    from bench import ab_fused
+    flat = ("from . import fused_conv as fc\nfrom . import fused_resample as fr\nfrom .folding import fold_batchnorm\n"
+            "from .fused_conv import check_offsets\nfrom .unet import UNet\n")
+    assert ab_fused.localize(flat, flat=True) == (
+        "from . import conv as fc\nfrom . import resample as fr\nfrom diffusion_core.folding import fold_batchnorm\n"
+        "from .conv import check_offsets\nfrom diffusion_core.unet import UNet\n")
+    nested = "from ..folding import fold_batchnorm\nfrom . import conv as fc\nfrom .conv import interpreting\n"
+    assert ab_fused.localize(nested, flat=False) == (
+        "from diffusion_core.folding import fold_batchnorm\nfrom . import conv as fc\nfrom .conv import interpreting\n")

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from diffusion_core.config import load_experiment
-from diffusion_core.unet import UNet, UNetConfig, count_parameters, sinusoidal_embedding
+from diffusion_core.networks import count_parameters
+from diffusion_core.unet import UNet, UNetConfig, sinusoidal_embedding
 
 CONFIGS = sorted(glob.glob("experiments/*.toml"))
 

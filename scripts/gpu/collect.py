@@ -17,10 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch
 
 from diffusion_core.checkpoint import (export_checkpoint, load_checkpoint, read_description, shipping_description,
-                                       update_description, write_json)
+                                       update_description)
 from diffusion_core.data import load_image_set
 from diffusion_core.evaluation import cached_features, evaluate_model, real_vs_real_floor, record_result
 from diffusion_core.fid import load_feature_extractor
+from diffusion_core.files import atomic_write_bytes, write_json
 from diffusion_core.samplers import SamplerConfig
 
 TABLE = [("ddim", 10, 0.0), ("ddim", 20, 0.0), ("ddim", 50, 0.0), ("ddim", 100, 0.0),
@@ -106,12 +107,10 @@ def publish(run: Path, name: str, out: Path, ship: bool, first: bool) -> None:
         return
     log = run.parent / "log.jsonl"
     if log.exists():
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        (out / "logs" / f"{name}.log.jsonl").write_bytes(log.read_bytes())
+        atomic_write_bytes(out / "logs" / f"{name}.log.jsonl", log.read_bytes())
     grids = sorted((run.parent / "samples").glob("*.png"))
     if grids:
-        (out / "grids").mkdir(parents=True, exist_ok=True)
-        (out / "grids" / f"{name}.png").write_bytes(grids[-1].read_bytes())
+        atomic_write_bytes(out / "grids" / f"{name}.png", grids[-1].read_bytes())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 
 from diffusion_core.checkpoint import load_checkpoint
 from diffusion_core.fid import load_feature_extractor
+from diffusion_core.files import atomic_write
 from diffusion_core.generate import generate
 from diffusion_core.samplers import SamplerConfig
 
@@ -60,7 +61,7 @@ def main() -> None:
         samples = generate(model, list(range(start, stop)), config, autocast, per_image_noise=False)
         arrays[key(config)] = extractor(samples).astype(np.float16)
         print(f"{key(config)}: {stop - start} samples and features in {time.perf_counter() - t0:.1f} s", flush=True)
-        np.savez(args.out, **arrays)  # after each setting: a process stopped early keeps what it has
+        atomic_write(args.out, lambda f: np.savez(f, **arrays))  # after each setting: a process stopped early keeps what it has
 
 
 if __name__ == "__main__":

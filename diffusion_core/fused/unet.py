@@ -1,14 +1,14 @@
 """The U-Net for sampling on CUDA with every residual block as two fused Triton convolutions.
 
 Built from a trained ``UNet`` in eval mode (``FusedUNet(network)``; the network is not modified):
-BatchNorm folded into conv1 as in ``folding.py``, then per residual block
+BatchNorm folded into conv1 as in ``diffusion_core/folding.py``, then per residual block
 
     h = silu(conv3x3(W1, [x, skip]) + B1)                        one launch of fused_conv
     y = conv3x3(W2, h) + conv1x1(Ws, [x, skip]) + b2 + bs        one launch (or + x, identity)
 
 with activations kept as contiguous NHWC tensors, so no skip concatenation, bias addition, SiLU
-or residual addition runs on its own (``fused_conv.py`` says why that matters); pooling and
-upsampling are Triton kernels too (``fused_resample.py``). The 1x1 stem is folded into the first
+or residual addition runs on its own (``conv.py`` says why that matters); pooling and
+upsampling are Triton kernels too (``resample.py``). The 1x1 stem is folded into the first
 block and the 1x1 head into the last (``FusedBlock``), so the network's first kernel reads the
 image and its last writes the output; the noise embedding enters the first block as a bias per
 image. Attention (where configured) stays a PyTorch operation.
@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused_conv as fc
-from . import fused_resample as fr
-from .folding import FoldedResidualBlock, fold_batchnorm
-from .model import module_device
-from .unet import UNet, noise_embedding
+from ..folding import FoldedResidualBlock, fold_batchnorm
+from ..model import module_device
+from ..unet import ResidualBlock, UNet, dataflow, noise_embedding
+from . import conv as fc
+from . import resample as fr
 
 
 def nchw_view(t: torch.Tensor) -> torch.Tensor:
@@ -194,18 +194,12 @@ class FusedUNet(nn.Module):
     def _forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
         e = noise_embedding(self.config, x, noise_variance)  # [N, E], into the first block's biases
         x = pad_channels(x, self.dtype)  # the stem is folded into the first block
-        skips = []
-        for i, blocks in enumerate(self.down):
-            for j, block in enumerate(blocks):
-                x = self._run(block, x, embedding=e if i == j == 0 else None)
-                skips.append(x)
-            x = fr.avgpool2x(x)
-        for block in self.middle:
-            x = self._run(block, x)
-        for blocks in self.up:
-            x = fr.upsample2x(x)
-            for block in blocks:
-                x = self._run(block, x, skips.pop())
+        first = self.down[0][0]
+
+        def run_block(block: nn.Module, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+            return self._run(block, x, skip, e if block is first else None)
+
+        x = dataflow(self, x, run_block, fr.avgpool2x, fr.upsample2x)  # the U-Net's levels, as UNet runs them
         # the head is folded into the last block unless self-attention follows it
         return nchw_view(x) if self.head is None else self.head(nchw_view(x))
 
@@ -220,9 +214,10 @@ def _residuals(level: nn.ModuleList) -> list[FoldedResidualBlock]:
 
 
 def fusable(network: UNet) -> bool:
-    """Whether every fused convolution's channel counts are multiples of 16 (the image's channels
-    are padded, and the embedding enters as a bias)."""
-    return all(w % 16 == 0 for w in network.config.widths)
+    """Whether every fused convolution's channel counts are multiples of 16: every residual block's
+    output width (the widths of the levels), which are also the inputs of all but the first block
+    (the image's channels are padded, and the embedding enters as a bias)."""
+    return all(m.conv1.out_channels % 16 == 0 for m in network.modules() if isinstance(m, ResidualBlock))
 
 
 def fused_available(network: UNet) -> bool:

@@ -1,5 +1,5 @@
 """2x bilinear upsampling and 2x2 average pooling of NHWC activations as Triton kernels, for the
-fused sampling network (fused_unet.py).
+fused sampling network (unet.py).
 
 Why: PyTorch's channels_last bilinear upsampling kernel took 0.9 ms of an 8.07 ms eager sampling
 call of the reference network on an H100 (three calls; docs/performance.md), about 15 times what
@@ -8,14 +8,14 @@ computing in float32 and rounding once, as PyTorch's kernels do.
 
 Upsampling (``align_corners=False``): along each axis output 2i is 3/4 x[i] + 1/4 x[i-1] and
 output 2i+1 is 3/4 x[i] + 1/4 x[i+1], indices clamped at the border (as ``unet.upsample2x_written_out``).
-Like fused_conv.py, the kernels run under Triton's interpreter on a CPU for the tests.
+Like conv.py, the kernels run under Triton's interpreter on a CPU for the tests.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .fused_conv import check_offsets, interpreting
+from .conv import check_offsets, interpreting
 
 try:
     import triton

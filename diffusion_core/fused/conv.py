@@ -29,7 +29,7 @@ packed once into a ``[K, C_out]`` matrix (``pack_weights``): the 3x3 blocks tap-
 The channel counts are compile-time constants (one compiled kernel per channel layout), so the
 reduction loop has a fixed trip count and no integer division, and each pixel's nine taps are
 checked against the image border once, as a 9-bit mask, before the loop: the loop's address
-arithmetic was most of its instructions (docs/performance.md, eighth session). Offsets are 32-bit:
+arithmetic was most of its instructions (docs/performance.md). Offsets are 32-bit:
 every activation must have fewer than 2**31 elements.
 
 On a CPU the same kernel runs under Triton's interpreter (TRITON_INTERPRET=1 set before Triton
@@ -238,7 +238,7 @@ def _fused_conv_kernel(
 # bounds the flat tiles on the up blocks' two-input launches (Nsight Compute on an H100: L2 86% busy
 # at 64x64 with 96 input channels). With 2 warps (Ampere-style mma.sync instead of Hopper's
 # warpgroup MMA) every 32- and 64-wide launch of the reference network ran 3-21% faster than the
-# flat tiles; docs/performance.md, eighth session, has the measurements.
+# flat tiles; docs/performance.md has the measurements.
 
 def _conv3x3_rows_part(acc0, acc1, acc2, acc3, x_ptr, C: tl.constexpr, w_ptr, w_row0, COUT, base, r0, H, w,
                        cols, in_cols, W: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):

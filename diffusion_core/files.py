@@ -1,0 +1,172 @@
+"""Files on disk: the one atomic writer and the one validator of tensors read from disk.
+
+Writing: every file the project writes for another process or a later run to read (checkpoints,
+training state, descriptions, caches, statistics, sample grids) goes through ``atomic_write``:
+written to a temporary file beside the target, flushed to the disk (fsync), renamed over the
+target, then the folder's entry flushed too. A reader sees the old file or the new one, never
+half of one, and a crash or power cut leaves one of the two.
+
+Reading: every dict of tensors read from a file (checkpoint weights, training state, FID Inception
+weights, the app's header check) passes ``validate_tensors`` before use: the names and shapes
+that the network implies, a floating dtype that the network can take (float16, bfloat16 or
+float32; an integer only where the network holds one, such as BatchNorm's step counter), and
+finite values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Mapping
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what weights may be stored in
+
+
+def _read_umask() -> int:
+    """The process's umask. Reading it means setting it, so this runs once, at import: the app
+    serves many sessions from threads, and a file another thread created while the mask was 0
+    would be world-writable."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()  # the mode a plain open() gives a new file (mkstemp's own is 0600)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename is durable only then). Not possible everywhere (Windows
+    opens no folders): there the rename is as durable as the system makes it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace(tmp: str, path: Path) -> None:
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, path)
+    _fsync_folder(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Create or replace ``path`` with what ``write(f)`` writes into a binary file ``f``, atomically
+    and durably (see the module doc). The folder is made if missing. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``atomic_write`` of ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """``obj`` as indented JSON, atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                        metadata: dict[str, str] | None = None) -> Path:
+    """A safetensors file of ``tensors`` (copied to the CPU, contiguous), atomically and durably."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _names(names: list[str]) -> str:
+    return f"{names[:3]}{'...' if len(names) > 3 else ''}"
+
+
+def validate_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], where: str, *,
+                     against: str = "the network", optional: frozenset[str] | set[str] = frozenset(),
+                     files: Mapping[str, Any] | None = None, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` unless ``tensors`` (read from disk) can stand for ``expected`` (e.g. a
+    network's ``state_dict()``, on any device, the meta device included):
+
+    - the same names (those in ``optional`` may be missing), each with the expected shape;
+    - a floating tensor stored as float16, bfloat16 or float32; an integer tensor as an integer;
+    - finite values (not checked for tensors on the meta device: a header carries no values).
+
+    Messages name ``where`` (the file, or the description that lists the files) and the tensor;
+    ``files`` maps a tensor's name to the file it came from, where several files hold them.
+    ``against`` names what the tensors should match, e.g. "the description"."""
+    files = files or {}
+    missing = sorted(set(expected) - set(tensors) - set(optional))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise error(f"{where}: weights do not match {against} (missing {_names(missing)}, unexpected {_names(extra)})")
+    for name, t in tensors.items():
+        ref = expected[name]
+        at = files.get(name, where)
+        if tuple(t.shape) != tuple(ref.shape):
+            raise error(f"{at}: tensor {name} has shape {tuple(t.shape)}, {against} implies {tuple(ref.shape)}")
+        if ref.is_floating_point():
+            if t.dtype not in FLOAT_DTYPES:
+                raise error(f"{at}: tensor {name} is {str(t.dtype).removeprefix('torch.')}; "
+                            "weights must be float16, bfloat16 or float32")
+        elif t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise error(f"{at}: tensor {name} is {str(t.dtype).removeprefix('torch.')}, "
+                        f"{against} holds an integer there")
+        if t.device.type != "meta" and t.is_floating_point() and not torch.isfinite(t).all():
+            raise error(f"{at}: tensor {name} holds NaN or infinite values")
+
+
+# safetensors' dtype names (a file's header) -> torch dtypes, for checks that read headers only
+SAFETENSORS_DTYPES = {name: getattr(torch, attr) for name, attr in {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+    "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool", "C64": "complex64"}.items()
+    if hasattr(torch, attr)}
+
+
+def header_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors a safetensors file holds, as meta tensors of their shape and dtype, from its
+    header alone (no values read): what ``validate_tensors`` checks cheaply. Raises what safe_open
+    raises for an unreadable file, and ValueError for a dtype that torch does not have."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            info = f.get_slice(key)
+            if info.get_dtype() not in SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: tensor {key} has dtype {info.get_dtype()}, which this tool does not read")
+            out[key] = torch.empty(tuple(info.get_shape()), dtype=SAFETENSORS_DTYPES[info.get_dtype()], device="meta")
+    return out
