@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .generate import COMPILE_MIN_CALLS, FUSED_MIN_CALLS
-from .samplers import REGISTRY
+from .samplers import DEFAULT_SAMPLER, REGISTRY
 from .training import COMPILE_MODES
 
 
@@ -28,7 +28,7 @@ def seed_list(tokens: list[str]) -> list[int]:
 
 def _add_sampler_flags(p: argparse.ArgumentParser, default_steps: int = 50) -> None:
     eta_samplers = " and ".join(s.name for s in REGISTRY.values() if s.uses_eta)
-    p.add_argument("--sampler", choices=tuple(REGISTRY), default="ddim",
+    p.add_argument("--sampler", choices=tuple(REGISTRY), default=DEFAULT_SAMPLER,
                    help="; ".join(f"{s.name}: {s.summary}" for s in REGISTRY.values()))
     p.add_argument("--steps", type=int, default=default_steps,
                    help=f"sampling steps, 1 to the schedule's maximum (default {default_steps})")

@@ -31,13 +31,14 @@ from . import diffusion as D
 from .schedules import ScheduleConfig, TimeGrid, max_sampling_steps, time_grid
 
 Denoise = Callable[[torch.Tensor, float, float], tuple[torch.Tensor, torch.Tensor]]
+DEFAULT_SAMPLER = "ddim"  # the CLI's and the app's default
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     """A sampler and its settings; ``name`` is a key of ``REGISTRY``."""
 
-    name: str = "ddim"
+    name: str = DEFAULT_SAMPLER
     num_steps: int = 50  # 1..the sampler's step limit; DDPM with num_steps = T is the full ancestral chain
     eta: float = 0.0  # samplers that use it (DDIM): 0 deterministic, 1 the DDPM posterior variance
     clip_denoised: bool = False  # clip predicted x0 to the data range, then recompute eps

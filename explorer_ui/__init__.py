@@ -1,4 +1,4 @@
-"""Helpers of the Streamlit app (``app.py`` and ``pages/``).
+"""Helpers of the Streamlit app (``app.py`` and ``app_pages/``).
 
 Map: ``catalog`` finds checkpoints and reads their descriptions and logs (no streamlit);
 ``plans`` holds the limits and the model-size-dependent defaults (no streamlit); ``charts``

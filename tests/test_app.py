@@ -87,7 +87,7 @@ def open_app(monkeypatch, folder: Path, page: str = "experiments") -> AppTest:
     monkeypatch.setenv("DIFFUSION_EXPLORER_CHECKPOINTS", str(folder))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     if page != "experiments":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
     return at
 
 
@@ -155,7 +155,7 @@ def test_corrupt_checkpoints_listed_as_unusable_while_good_one_works(monkeypatch
     table = at.dataframe[0].value
     assert list(table["name"]) == ["good"]
 
-    at.switch_page("pages/sample.py").run()
+    at.switch_page("app_pages/sample.py").run()
     clean(at)
     assert at.selectbox(key="sample_checkpoint").options == ["good"]
     assert pixels(media, at.image[0]).size > 0
@@ -394,3 +394,49 @@ def test_table_shows_protocol_fid_or_latest_evaluation(tmp_path):
     path.write_text(path.read_text().replace('"evaluations"', '"fid": 12.5, "num_samples": 2911, "evaluations"'))
     row = catalog.table_row(catalog.scan(tmp_path)[0])
     assert (row["FID"], row["FID samples"]) == (12.5, 2911)
+
+
+# ---------------------------------------------------------------------------------- first paint
+FIRST_PAINT = r"""
+import importlib.abc, json, os, sys
+
+events = []  # (what, detail) in the order they happened
+
+
+class WatchTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch" not in [e[0] for e in events]:
+            events.append(("torch", os.environ.get("OMP_WAIT_POLICY")))
+        return None
+
+
+sys.meta_path.insert(0, WatchTorch())
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+for name in ("navigation", "title"):
+    def wrapped(*args, _real=getattr(st, name), _name=name, **kwargs):
+        events.append((_name, "torch" in sys.modules))
+        return _real(*args, **kwargs)
+    setattr(st, name, wrapped)
+at = AppTest.from_file(sys.argv[1], default_timeout=300).run()
+print(json.dumps({"events": events, "titles": [t.value for t in at.title],
+                  "exceptions": [e.value for e in at.exception]}))
+"""
+
+
+def test_navigation_and_title_come_before_torch(tmp_path):
+    """The first paint: app.py shows the page list and the page's title before anything imports
+    torch (seconds on a loaded machine), and torch then loads with the app's thread policy set."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(DIFFUSION_EXPLORER_CHECKPOINTS=str(tmp_path), PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", FIRST_PAINT, str(ROOT / "app.py")], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["exceptions"] == [] and found["titles"] == ["Experiments"]
+    # torch did load (the watch works), after the navigation and the title, with idle threads asleep
+    assert found["events"] == [["navigation", False], ["title", False], ["torch", "PASSIVE"]], found["events"]
