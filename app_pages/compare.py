@@ -55,7 +55,8 @@ with left:
     seed, count = widgets.seed_inputs("sweep", 1)
 with right, widgets.guard("Step sweep"):
     grids = requests.sweep(ref, model, seed, count, [int(s) for s in sweep], SAMPLER)
-    if widgets.ready("sweep_approved", grids, widgets.estimate([model], sum(g.evaluations for g in grids)), "Run sweep"):
+    seconds = widgets.estimate([model], sum(g.evaluations for g in grids))
+    if widgets.ready("sweep_approved", grids, seconds, "Run sweep"):
         cells = np.stack([cache.sample_images(g)[0] for g in grids], axis=1)  # [seeds x steps x H x W x 3]
         seeds = grids[0].seeds
         grid = pictures.labelled_grid(cells, [f"{g.sampler.num_steps} steps" for g in grids],

@@ -34,7 +34,9 @@ with left:
     sampler = widgets.sampler_inputs("interp", choice, deterministic=True)
     uploads = st.file_uploader("Or start from two images (DDIM inversion)", accept_multiple_files=True,
                                key="interp_upload", help="Each is centre-cropped and resized to the model's size.")
-    start = widgets.valid("Interpolating", lambda: inversion_request(choice, uploads, sampler.steps)) if uploads else None
+    start = None
+    if uploads:
+        start = widgets.valid("Interpolating", lambda: inversion_request(choice, uploads, sampler.steps))
     request = widgets.valid("Interpolating", lambda: requests.interpolation(
         choice.ref, choice.model, frames, sampler.config(), () if uploads else plans.parse_seeds(seeds_text), start))
 

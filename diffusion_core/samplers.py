@@ -51,8 +51,8 @@ class SamplerConfig:
         if not 0.0 <= float(self.eta) <= 1.0 or np.isnan(self.eta):
             raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
         if self.eta and not self.spec.uses_eta:
-            raise ValueError(f"{self.name} takes no eta (only {', '.join(n for n, s in REGISTRY.items() if s.uses_eta)} "
-                             f"does), got {self.eta}")
+            takers = ", ".join(n for n, s in REGISTRY.items() if s.uses_eta)
+            raise ValueError(f"{self.name} takes no eta (only {takers} does), got {self.eta}")
         # plain Python values, so that equal configs hash alike (the app's caches key on them)
         object.__setattr__(self, "num_steps", int(self.num_steps))
         object.__setattr__(self, "eta", float(self.eta))

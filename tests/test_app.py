@@ -243,6 +243,34 @@ def test_sample_grid_seeds_and_limits(monkeypatch, folder, media):
     assert not at.exception and "more than the 256" in at.error[0].value
 
 
+def test_sampler_boxes_offer_every_registered_sampler(monkeypatch, folder, media):
+    """A sampler added to the registry appears in the app with its label, its step limit and no
+    eta; only deterministic ones are offered for interpolation."""
+    import dataclasses
+
+    from diffusion_core import samplers
+
+    copy = dataclasses.replace(samplers.REGISTRY["dpmpp_2m"], name="copy_2m", label="Copy of 2M",
+                               summary="the same steps, at most 7", max_steps=lambda schedule: 7)
+    monkeypatch.setitem(samplers.REGISTRY, "copy_2m", copy)
+    at = open_app(monkeypatch, folder, "sample")
+    clean(at)
+    assert at.selectbox(key="sample_sampler").options == ["DDPM (ancestral)", "DDIM", "DPM-Solver++(2M)", "Copy of 2M"]
+    at.selectbox(key="sample_sampler").set_value("copy_2m")
+    at.number_input(key="sample_steps").set_value(5).run()
+    clean(at)
+    assert at.slider(key="sample_eta").disabled and "1 to 7 for this model" in at.number_input(key="sample_steps").help
+    model = load_checkpoint(folder / "tiny_a.json")
+    expected = make_grid(G.generate(model, [0, 1, 2, 3], SamplerConfig("dpmpp_2m", 5)), cols=4)
+    assert_shows(pixels(media, at.image[0]), expected)
+    at.number_input(key="sample_steps").set_value(8).run()
+    assert not at.exception and "8 steps is beyond this model's schedule: choose 1 to 7" in at.error[0].value
+
+    at.switch_page("app_pages/interpolation.py").run()
+    clean(at)
+    assert at.selectbox(key="interp_sampler").options == ["DDIM", "DPM-Solver++(2M)", "Copy of 2M"]
+
+
 def test_unexpected_error_is_a_short_message_and_a_logged_traceback(monkeypatch, folder, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
