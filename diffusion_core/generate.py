@@ -37,7 +37,6 @@ def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
                 denoiser: Denoiser | None = None) -> Iterator[StepState]:
     """The sampler's step generator for these seeds on the model's device (see NoiseSource for
     ``per_image_noise``), with ``denoiser`` if given (else the model's, under ``autocast``)."""
-    check_sampler(model, config)
     if not seeds:
         raise ValueError("give at least one seed")
     x_T = seed_noise(seeds, model.image_shape, model.device)
@@ -124,7 +123,6 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
     if config.stochastic:
         usable = ", ".join(f"{s.name} (eta 0)" if s.uses_eta else s.name for s in REGISTRY.values() if not s.stochastic)
         raise ValueError(f"interpolation needs a deterministic sampler: {usable}")
-    check_sampler(model, config)
     if keys is None:
         if len(seeds) < 2:
             raise ValueError("interpolation needs at least two seeds")
