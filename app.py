@@ -2,26 +2,32 @@
 
     streamlit run app.py
 
-A thin router: shared settings in the sidebar, then one page file of ``pages/`` per task.
+A thin router. First the page list and the page's title, before anything imports torch, so that a
+visitor sees the app at once, whatever the load of the machine; then torch and the core, the
+shared settings in the sidebar, and the page: one file of ``app_pages/`` per task, titled here
+from its ``st.Page``. (The folder is not called ``pages/``: Streamlit would list the files of a
+``pages/`` folder by name as a page menu of its own until this script's ``st.navigation`` runs.)
+
 Checkpoints come from ``checkpoints/`` (or ``$DIFFUSION_EXPLORER_CHECKPOINTS``) and any folder
 named in the sidebar.
 """
 
 import streamlit as st
 
-from explorer_ui import compute, widgets
-
 st.set_page_config(page_title="diffusion-explorer", page_icon=":material/blur_on:", layout="wide")
-compute.configure_torch()
+page = st.navigation([
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/table_chart:", default=True),
+    st.Page("app_pages/sample.py", title="Sample", icon=":material/grid_view:"),
+    st.Page("app_pages/trajectory.py", title="Trajectory", icon=":material/timeline:"),
+    st.Page("app_pages/interpolation.py", title="Interpolation", icon=":material/swap_horiz:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("app_pages/live.py", title="Live", icon=":material/play_circle:"),
+])
+st.title(page.title)
 
-pages = [
-    st.Page("pages/experiments.py", title="Experiments", icon=":material/table_chart:", default=True),
-    st.Page("pages/sample.py", title="Sample", icon=":material/grid_view:"),
-    st.Page("pages/trajectory.py", title="Trajectory", icon=":material/timeline:"),
-    st.Page("pages/interpolation.py", title="Interpolation", icon=":material/swap_horiz:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
-    st.Page("pages/live.py", title="Live", icon=":material/play_circle:"),
-]
-page = st.navigation(pages)
+# Only now the heavy part: torch and the core (explorer_ui's __init__ sets torch's thread policy first).
+from explorer_ui import compute, widgets  # noqa: E402
+
+compute.configure_torch()
 widgets.sidebar()
 page.run()

@@ -40,7 +40,7 @@ def one_checkpoint(json_path: Path) -> dict[str, list[float]]:
                 if page == "experiments" and not times:
                     at.run()
                 else:
-                    at.switch_page(f"pages/{page}.py").run()
+                    at.switch_page(f"app_pages/{page}.py").run()
                 times.setdefault(page, []).append(time.perf_counter() - t0)
                 if at.exception:
                     raise RuntimeError(f"{page}: {at.exception[0].value}")

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .generate import COMPILE_MIN_CALLS, FUSED_MIN_CALLS
-from .samplers import SAMPLERS
+from .samplers import DEFAULT_SAMPLER, REGISTRY
 from .training import COMPILE_MODES
 
 
@@ -27,11 +27,12 @@ def seed_list(tokens: list[str]) -> list[int]:
 
 
 def _add_sampler_flags(p: argparse.ArgumentParser, default_steps: int = 50) -> None:
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                   help="ddim (Song et al.), ddpm (ancestral, Ho et al.) or dpmpp_2m (DPM-Solver++ 2M)")
+    eta_samplers = " and ".join(s.name for s in REGISTRY.values() if s.uses_eta)
+    p.add_argument("--sampler", choices=tuple(REGISTRY), default=DEFAULT_SAMPLER,
+                   help="; ".join(f"{s.name}: {s.summary}" for s in REGISTRY.values()))
     p.add_argument("--steps", type=int, default=default_steps,
                    help=f"sampling steps, 1 to the schedule's maximum (default {default_steps})")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--eta", type=float, default=0.0, help=f"{eta_samplers} only: 0 deterministic, 1 DDPM-like")
     p.add_argument("--clip", action="store_true", help="clip predicted x0 to the valid pixel range at each step")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     p.add_argument("--fp32", action="store_true",

@@ -15,8 +15,8 @@ from . import runtime
 from .checkpoint import LoadedModel
 from .interpolation import Method, interpolate
 from .model import AUTO, Denoiser
-from .samplers import NoiseSource, SamplerConfig, StepState, ddim_invert, sample, sample_steps, seed_noise
-from .schedules import max_sampling_steps
+from .samplers import (REGISTRY, NoiseSource, SamplerConfig, StepState, check_steps, ddim_invert, sample, sample_steps,
+                       seed_noise)
 
 MAX_BATCH_PIXELS = 64 * 128 * 128  # images per network call are chunked to bound memory
 FUSED_MIN_CALLS = 1_000  # network calls from which generate() runs the fused kernels on CUDA (see compile_pays)
@@ -29,10 +29,8 @@ def _chunk_size(model: LoadedModel) -> int:
 
 
 def check_sampler(model: LoadedModel, config: SamplerConfig) -> None:
-    """Raise ValueError if the step count is beyond what the model's schedule allows."""
-    limit = max_sampling_steps(model.experiment.schedule)
-    if config.num_steps > limit:
-        raise ValueError(f"{config.num_steps} steps is beyond this model's schedule: choose 1 to {limit}")
+    """Raise ValueError if the step count is beyond what the sampler allows on the model's schedule."""
+    check_steps(config, model.experiment.schedule)
 
 
 def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
@@ -40,7 +38,6 @@ def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
                 denoiser: Denoiser | None = None) -> Iterator[StepState]:
     """The sampler's step generator for these seeds on the model's device (see NoiseSource for
     ``per_image_noise``), with ``denoiser`` if given (else the model's, under ``autocast``)."""
-    check_sampler(model, config)
     if not seeds:
         raise ValueError("give at least one seed")
     x_T = seed_noise(seeds, model.image_shape, model.device)
@@ -124,9 +121,9 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
                          autocast: torch.dtype | str | None = AUTO) -> np.ndarray:
     """Decode ``frames`` latents on the path through the seeds' noise (or given ``keys``
     [K x C x H x W]) with a deterministic sampler. Returns uint8 [frames x H x W x 3]."""
-    if config.name == "ddpm" or config.eta > 0:
-        raise ValueError("interpolation needs a deterministic sampler (DDIM with eta 0 or DPM-Solver++)")
-    check_sampler(model, config)
+    if config.stochastic:
+        usable = ", ".join(f"{s.name} (eta 0)" if s.uses_eta else s.name for s in REGISTRY.values() if not s.stochastic)
+        raise ValueError(f"interpolation needs a deterministic sampler: {usable}")
     if keys is None:
         if len(seeds) < 2:
             raise ValueError("interpolation needs at least two seeds")

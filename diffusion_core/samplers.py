@@ -10,38 +10,62 @@ A denoiser is any callable ``(x_t [N x C x H x W], signal_rate: float, noise_rat
 Randomness: starting noise is an argument (``seed_noise`` draws it on the CPU per seed, so seed 7
 gives the same image on every machine and in any batch); stochastic steps draw from a
 ``NoiseSource`` of per-image CPU generators for the same reason.
+
+The registry: every sampler is one generator function with the signature ``Sampler``,
+``(denoiser, x_T, grid, config, noise) -> Iterator[StepState]``, registered under its name with
+``@register``. ``SamplerConfig`` validates against the registry, ``sample_steps`` dispatches
+through it, and the CLI's ``--sampler`` choices, the app's sampler box and the step limits all
+read it. A new sampler is its step math in ``diffusion.py``, one registered function here, and
+its tests in ``tests/test_samplers.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from . import diffusion as D
-from .schedules import ScheduleConfig, TimeGrid, time_grid
+from .schedules import ScheduleConfig, TimeGrid, max_sampling_steps, time_grid
 
-SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
 Denoise = Callable[[torch.Tensor, float, float], tuple[torch.Tensor, torch.Tensor]]
+DEFAULT_SAMPLER = "ddim"  # the CLI's and the app's default
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    name: SamplerName = "ddim"
-    num_steps: int = 50  # 1..T; DDPM with num_steps = T is the full ancestral chain
-    eta: float = 0.0  # DDIM only: 0 deterministic, 1 the DDPM posterior variance
+    """A sampler and its settings; ``name`` is a key of ``REGISTRY``."""
+
+    name: str = DEFAULT_SAMPLER
+    num_steps: int = 50  # 1..the sampler's step limit; DDPM with num_steps = T is the full ancestral chain
+    eta: float = 0.0  # samplers that use it (DDIM): 0 deterministic, 1 the DDPM posterior variance
     clip_denoised: bool = False  # clip predicted x0 to the data range, then recompute eps
 
     def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.name not in REGISTRY:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(REGISTRY)}")
         if not isinstance(self.num_steps, (int, np.integer)) or self.num_steps < 1:
             raise ValueError(f"number of steps must be a positive integer, got {self.num_steps!r}")
         if not 0.0 <= float(self.eta) <= 1.0 or np.isnan(self.eta):
             raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
+        if self.eta and not self.spec.uses_eta:
+            takers = ", ".join(n for n, s in REGISTRY.items() if s.uses_eta)
+            raise ValueError(f"{self.name} takes no eta (only {takers} does), got {self.eta}")
+        # plain Python values, so that equal configs hash alike (the app's caches key on them)
+        object.__setattr__(self, "num_steps", int(self.num_steps))
+        object.__setattr__(self, "eta", float(self.eta))
+        object.__setattr__(self, "clip_denoised", bool(self.clip_denoised))
+
+    @property
+    def spec(self) -> SamplerSpec:
+        return REGISTRY[self.name]
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the steps draw noise: always for a stochastic sampler, for one with eta when eta > 0."""
+        return self.spec.stochastic or (self.spec.uses_eta and self.eta > 0)
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,59 @@ class NoiseSource:
         return torch.stack([torch.randn(shape, generator=g) for g in self.generators]).to(self.device)
 
 
+# ------------------------------------------------------------------------------------ the registry
+class Sampler(Protocol):
+    """The one signature of every sampler: walk ``grid`` from ``x_T`` [N x C x H x W] with the
+    settings of ``config``, drawing step noise from ``noise`` (None only for deterministic runs),
+    and yield one ``StepState`` per grid level. Called through ``sample_steps``, which checks
+    the arguments."""
+
+    def __call__(self, denoiser: Denoise, x_T: torch.Tensor, grid: TimeGrid, config: SamplerConfig,
+                 noise: NoiseSource | None) -> Iterator[StepState]: ...
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: what the CLI, the app and ``SamplerConfig`` know of it."""
+
+    name: str  # SamplerConfig.name and the CLI's --sampler value
+    label: str  # shown in the app's sampler box
+    summary: str  # one line for --help and the app's help text
+    steps: Sampler  # the step generator
+    uses_eta: bool  # reads config.eta (other samplers refuse an eta)
+    stochastic: bool  # draws noise at every step whatever eta (a sampler with eta does when eta > 0)
+    max_steps: Callable[[ScheduleConfig], int]  # most steps it may take on a schedule
+
+
+REGISTRY: dict[str, SamplerSpec] = {}  # by name, in the order the app and --help list them
+
+
+def register(name: str, label: str, summary: str, *, uses_eta: bool = False, stochastic: bool = False,
+             max_steps: Callable[[ScheduleConfig], int] = max_sampling_steps) -> Callable[[Sampler], Sampler]:
+    """Decorator: add a ``Sampler`` function to ``REGISTRY`` under ``name``. The default step
+    limit is the schedule's (``schedules.max_sampling_steps``)."""
+
+    def add(fn: Sampler) -> Sampler:
+        if name in REGISTRY:
+            raise ValueError(f"a sampler named {name!r} is registered already")
+        REGISTRY[name] = SamplerSpec(name, label, summary, fn, uses_eta, stochastic, max_steps)
+        return fn
+
+    return add
+
+
+def step_limit(name: str, schedule: ScheduleConfig) -> int:
+    """The most steps sampler ``name`` may take on ``schedule``."""
+    return REGISTRY[name].max_steps(schedule)
+
+
+def check_steps(config: SamplerConfig, schedule: ScheduleConfig) -> None:
+    """Raise ValueError if ``config`` takes more steps than its sampler allows on ``schedule``."""
+    limit = step_limit(config.name, schedule)
+    if config.num_steps > limit:
+        raise ValueError(f"{config.num_steps} steps is beyond this model's schedule: choose 1 to {limit}")
+
+
 def _denoise(denoiser: Denoise, x: torch.Tensor, abar: float, clip: bool):
     signal, noise = float(np.sqrt(abar)), float(np.sqrt(1.0 - abar))
     eps, x0 = denoiser(x, signal, noise)
@@ -102,66 +179,60 @@ def _denoise(denoiser: Denoise, x: torch.Tensor, abar: float, clip: bool):
     return signal, noise, eps, x0
 
 
-def _check_start(x_T: torch.Tensor, noise_source: NoiseSource | None, stochastic: bool) -> None:
-    if x_T.ndim != 4:
-        raise ValueError(f"starting noise must be [N x C x H x W], got shape {tuple(x_T.shape)}")
-    if stochastic and noise_source is None:
-        raise ValueError("this sampler is stochastic: pass a NoiseSource")
-
-
-def ddim_steps(denoiser: Denoise, grid: TimeGrid, x_T: torch.Tensor, eta: float = 0.0,
-               noise_source: NoiseSource | None = None, clip_denoised: bool = False) -> Iterator[StepState]:
-    """DDIM (Song et al. 2020, eq. 12 with sigma from eq. 16); eta = 0 is deterministic."""
-    _check_start(x_T, noise_source, eta > 0)
-    x = x_T
-    for i in range(grid.num_steps):
-        abar, abar_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
-        signal, noise, eps, x0 = _denoise(denoiser, x, abar, clip_denoised)
-        sigma = D.ddim_sigma(abar, abar_prev, eta)
-        z = noise_source(tuple(x.shape[1:])) if sigma > 0 else None
-        x_next = D.ddim_step(x0, eps, abar_prev, sigma, z)
-        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise, x, x0, eps, x_next)
-        x = x_next
-
-
-def ddpm_steps(denoiser: Denoise, grid: TimeGrid, x_T: torch.Tensor, noise_source: NoiseSource | None,
-               clip_denoised: bool = False) -> Iterator[StepState]:
+@register("ddpm", "DDPM (ancestral)", "ancestral (Ho et al.), stochastic", stochastic=True)
+def ddpm_steps(denoiser: Denoise, x_T: torch.Tensor, grid: TimeGrid, config: SamplerConfig,
+               noise: NoiseSource | None) -> Iterator[StepState]:
     """Ancestral DDPM (Ho et al. 2020, Algorithm 2) on the full grid or a respaced one, using the
     posterior q(x_prev | x_t, x0_hat) of eqs. 6-7 between consecutive grid levels."""
-    _check_start(x_T, noise_source, True)
     x = x_T
     for i in range(grid.num_steps):
         abar, abar_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
-        signal, noise, eps, x0 = _denoise(denoiser, x, abar, clip_denoised)
-        z = noise_source(tuple(x.shape[1:])) if abar_prev < 1.0 else None
+        signal, noise_rate, eps, x0 = _denoise(denoiser, x, abar, config.clip_denoised)
+        z = noise(tuple(x.shape[1:])) if abar_prev < 1.0 else None
         x_next = D.ddpm_step(x, x0, abar, abar_prev, z)
-        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise, x, x0, eps, x_next)
+        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise_rate, x, x0, eps, x_next)
         x = x_next
 
 
-def dpm_solver_pp_2m_steps(denoiser: Denoise, grid: TimeGrid, x_T: torch.Tensor,
-                           clip_denoised: bool = False) -> Iterator[StepState]:
+@register("ddim", "DDIM", "Song et al., deterministic at eta 0", uses_eta=True)
+def ddim_steps(denoiser: Denoise, x_T: torch.Tensor, grid: TimeGrid, config: SamplerConfig,
+               noise: NoiseSource | None) -> Iterator[StepState]:
+    """DDIM (Song et al. 2020, eq. 12 with sigma from eq. 16); eta = 0 is deterministic."""
+    x = x_T
+    for i in range(grid.num_steps):
+        abar, abar_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        signal, noise_rate, eps, x0 = _denoise(denoiser, x, abar, config.clip_denoised)
+        sigma = D.ddim_sigma(abar, abar_prev, config.eta)
+        z = noise(tuple(x.shape[1:])) if sigma > 0 else None
+        x_next = D.ddim_step(x0, eps, abar_prev, sigma, z)
+        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise_rate, x, x0, eps, x_next)
+        x = x_next
+
+
+@register("dpmpp_2m", "DPM-Solver++(2M)", "DPM-Solver++(2M) (Lu et al.), deterministic, good in 10 to 20 steps")
+def dpm_solver_pp_2m_steps(denoiser: Denoise, x_T: torch.Tensor, grid: TimeGrid, config: SamplerConfig,
+                           noise: NoiseSource | None) -> Iterator[StepState]:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): deterministic, second order multistep,
     data prediction; good images in 10 to 20 steps."""
-    _check_start(x_T, None, False)
     x, x0_prev, h_prev = x_T, None, None
     for i in range(grid.num_steps):
         abar, abar_next = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
-        signal, noise, eps, x0 = _denoise(denoiser, x, abar, clip_denoised)
+        signal, noise_rate, eps, x0 = _denoise(denoiser, x, abar, config.clip_denoised)
         x_next, h = D.dpm_solver_pp_2m_step(x, x0, x0_prev, abar, abar_next, h_prev)
-        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise, x, x0, eps, x_next)
+        yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise_rate, x, x0, eps, x_next)
         x, x0_prev, h_prev = x_next, x0, h
 
 
 def sample_steps(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Tensor, config: SamplerConfig,
                  noise_source: NoiseSource | None = None) -> Iterator[StepState]:
-    """The step generator of the sampler ``config`` names, on the schedule's time grid."""
-    grid = time_grid(schedule, config.num_steps)
-    if config.name == "ddim":
-        return ddim_steps(denoiser, grid, x_T, config.eta, noise_source, config.clip_denoised)
-    if config.name == "ddpm":
-        return ddpm_steps(denoiser, grid, x_T, noise_source, config.clip_denoised)
-    return dpm_solver_pp_2m_steps(denoiser, grid, x_T, config.clip_denoised)
+    """The step generator of the sampler ``config`` names, on the schedule's time grid. Checks the
+    step limit, the shape of ``x_T`` [N x C x H x W] and that a stochastic run has its noise."""
+    check_steps(config, schedule)
+    if x_T.ndim != 4:
+        raise ValueError(f"starting noise must be [N x C x H x W], got shape {tuple(x_T.shape)}")
+    if config.stochastic and noise_source is None:
+        raise ValueError(f"{config.name} with these settings is stochastic: pass a NoiseSource")
+    return config.spec.steps(denoiser, x_T, time_grid(schedule, config.num_steps), config, noise_source)
 
 
 def sample(steps: Iterator[StepState]) -> torch.Tensor:

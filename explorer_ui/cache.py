@@ -4,11 +4,11 @@
 path, the stamps (name, mtime, size) of its files and the device, so a re-exported checkpoint is
 loaded afresh. A ``LoadedModel`` is frozen and in eval mode; nothing here mutates it.
 
-``st.cache_data`` holds arrays (sample grids, trajectories, interpolation frames, inversions):
-keyed by the model's identity (``ModelRef``) and every sampling parameter, so sessions share
-results only when they asked for exactly the same thing. Figures are never cached: pages build
-them from these arrays on every run. Every computation holds the device's inference lock
-(``compute.inference``; the reason is in that module).
+``st.cache_data`` holds arrays (sample grids, trajectories, interpolation frames, inversions),
+keyed by the page's request itself (``requests``: the model's identity and every parameter), so
+sessions share results only when they asked for exactly the same thing. Figures are never cached:
+pages build them from these arrays on every run. Every computation holds the device's inference
+lock (``compute.inference``; the reason is in that module).
 
 The Sample page's nearest training images use the FID Inception network (``st.cache_resource``,
 keyed by its weights file) and the features of a checkpoint's training images (``st.cache_data``,
@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 import streamlit as st
@@ -36,26 +36,9 @@ from diffusion_core.images import gif_bytes, make_grid
 from diffusion_core.samplers import SamplerConfig, StepState
 
 from . import catalog, compute, neighbours
+from .requests import GridRequest, InterpolationRequest, InversionRequest, ModelRef, TrajectoryRequest
 
 MISSES: Counter[str] = Counter()
-SamplerKey = tuple  # (name, num_steps, eta, clip_denoised): the fields of a SamplerConfig
-
-
-class ModelRef(NamedTuple):
-    """What identifies a loaded model: its description, the state of its files, the device."""
-
-    path: str
-    stamps: tuple
-    device: str
-
-
-def model_ref(entry: catalog.Entry, device: str) -> ModelRef:
-    files = catalog.checkpoint_files(entry.path, entry.description)
-    return ModelRef(str(entry.path.resolve()), catalog.file_stamps(files), device)
-
-
-def sampler_key(config: SamplerConfig) -> SamplerKey:
-    return (config.name, int(config.num_steps), float(config.eta), bool(config.clip_denoised))
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the checkpoint...")
@@ -81,53 +64,54 @@ def read_log(path: str, stamps: tuple) -> dict[str, list[float]]:
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner="Sampling...")
-def sample_images(ref: ModelRef, seeds: tuple[int, ...], sampler: SamplerKey) -> tuple[np.ndarray, float]:
-    """uint8 [N x H x W x 3] samples of ``seeds`` and the seconds they took."""
+def sample_images(request: GridRequest) -> tuple[np.ndarray, float]:
+    """uint8 [N x H x W x 3] samples of the request's seeds and the seconds they took."""
     MISSES["sample"] += 1
-    model = get_model(ref)
-    with compute.inference(ref.device):
+    model = get_model(request.model)
+    with compute.inference(request.model.device):
         start = time.perf_counter()
-        images = G.generate(model, list(seeds), SamplerConfig(*sampler))
+        images = G.generate(model, list(request.seeds), request.sampler)
         return images, time.perf_counter() - start
 
 
-PREVIEW_SEEDS, PREVIEW_SAMPLER = (0, 1, 2, 3), ("ddim", 10, 0.0, False)
+PREVIEW_SEEDS, PREVIEW_SAMPLER = (0, 1, 2, 3), SamplerConfig("ddim", 10)
 
 
 def preview_grid(ref: ModelRef) -> np.ndarray:
     """A small 2x2 grid (seeds 0-3, DDIM 10 steps) for the experiments page (cached samples)."""
-    images, _ = sample_images(ref, PREVIEW_SEEDS, PREVIEW_SAMPLER)
+    images, _ = sample_images(GridRequest(ref, PREVIEW_SEEDS, PREVIEW_SAMPLER))
     return make_grid(images, cols=2)
 
 
 @st.cache_data(max_entries=8, ttl=3600, show_spinner="Recording the trajectory...")
-def trajectory(ref: ModelRef, seed: int, sampler: SamplerKey) -> G.Trajectory:
+def trajectory(request: TrajectoryRequest) -> G.Trajectory:
     """Every step of one seed's denoising (computed once, then scrubbed from the cache)."""
     MISSES["trajectory"] += 1
-    model = get_model(ref)
-    with compute.inference(ref.device):
-        return G.trajectory(model, seed, SamplerConfig(*sampler))
-
-
-@st.cache_data(max_entries=32, ttl=3600, show_spinner="Interpolating...")
-def interpolation(ref: ModelRef, seeds: tuple[int, ...], frames: int, method: str, sampler: SamplerKey,
-                  keys: np.ndarray | None = None) -> np.ndarray:
-    """uint8 [frames x H x W x 3] along the path through the seeds' noise (or given ``keys``)."""
-    MISSES["interpolation"] += 1
-    model = get_model(ref)
-    with compute.inference(ref.device):
-        key_tensor = torch.from_numpy(keys) if keys is not None else None
-        return G.interpolation_frames(model, list(seeds), frames, method, SamplerConfig(*sampler), key_tensor)
+    model = get_model(request.model)
+    with compute.inference(request.model.device):
+        return G.trajectory(model, request.seed, request.sampler)
 
 
 @st.cache_data(max_entries=16, ttl=3600, show_spinner="Inverting the images (DDIM)...")
-def inversion(ref: ModelRef, images: np.ndarray, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """DDIM-inverted noise float32 [N x C x H x W] of uint8 images and their reconstructions."""
+def inversion(request: InversionRequest) -> tuple[np.ndarray, np.ndarray]:
+    """DDIM-inverted noise float32 [N x C x H x W] of the request's images and their
+    reconstructions, uint8 [N x H x W x 3]."""
     MISSES["inversion"] += 1
-    model = get_model(ref)
-    with compute.inference(ref.device):
-        noise, recon = G.invert(model, images, num_steps)
+    model = get_model(request.model)
+    with compute.inference(request.model.device):
+        noise, recon = G.invert(model, request.images.array(), request.num_steps)
     return noise.float().cpu().numpy(), recon
+
+
+@st.cache_data(max_entries=32, ttl=3600, show_spinner="Interpolating...")
+def interpolation(request: InterpolationRequest, method: str) -> np.ndarray:
+    """uint8 [frames x H x W x 3] along the ``method`` path through the seeds' noise, or through
+    the inverted noise of the request's images."""
+    MISSES["interpolation"] += 1
+    keys = None if request.start is None else torch.from_numpy(inversion(request.start)[0])
+    model = get_model(request.model)
+    with compute.inference(request.model.device):
+        return G.interpolation_frames(model, list(request.seeds), request.frames, method, request.sampler, keys)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -180,10 +164,12 @@ def nearest_training_images(ref: ModelRef, data: neighbours.TrainingData, weight
     return neighbours.nearest(sample, images, feats, extractor, k, threshold)
 
 
-def locked_steps(ref: ModelRef, states: Iterator[StepState]) -> Iterator[StepState]:
-    """The steps of a sampler, each computed under the device's inference lock (Live page)."""
+def live_steps(request: GridRequest) -> Iterator[StepState]:
+    """The steps of the request's sampler, each computed under the device's inference lock (Live
+    page: several viewers interleave step by step)."""
+    states = G.step_states(get_model(request.model), list(request.seeds), request.sampler)
     while True:
-        with compute.inference(ref.device):
+        with compute.inference(request.model.device):
             try:
                 state = next(states)
             except StopIteration:

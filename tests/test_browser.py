@@ -139,11 +139,25 @@ def number(page, label: str, value: int) -> None:
     box.press("Enter")
 
 
+TITLES = ["Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live"]
+# Every page name the sidebar ever shows (a link's last line: material icons render as text before it).
+WATCH_NAV = r"""
+window.navSeen = new Set();
+new MutationObserver(() => document.querySelectorAll('[data-testid="stSidebarNav"] a').forEach(
+    a => window.navSeen.add(a.innerText.trim().split('\n').pop()))
+).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
 def test_every_page_in_a_browser(server, browser_page):
     page = browser_page
+    page.add_init_script(WATCH_NAV)
     page.goto(server)
+    page.get_by_role("heading", name="Experiments").wait_for()
     page.wait_for_selector('[data-testid="stDataFrame"]')
     settle(page)
+    # the page list only ever showed the pages' titles (never Streamlit's list of file names)
+    assert sorted(page.evaluate("[...window.navSeen]")) == sorted(TITLES)
     page.get_by_role("button", name="Preview (4 images, DDIM 10)").first.click()
     check(page, "01_experiments")
     page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] svg').length >= 2")

@@ -1,14 +1,15 @@
 """Samplers against an analytic denoiser: for Gaussian data x0 ~ N(mu, s^2) the optimal noise
 prediction is known in closed form, so a correct sampler must return samples with the data's
-mean and variance."""
+mean and variance. Then golden values per sampler, and the registry that the CLI and the app read."""
 
 import math
 
 import pytest
 import torch
 
-from diffusion_core.samplers import (NoiseSource, SamplerConfig, StepState, ddim_invert, sample, sample_steps,
-                                     seed_noise)
+from diffusion_core import samplers
+from diffusion_core.samplers import (REGISTRY, NoiseSource, SamplerConfig, StepState, ddim_invert, sample,
+                                     sample_steps, seed_noise)
 from diffusion_core.schedules import ScheduleConfig, time_grid
 
 MU, S = 0.3, 0.8
@@ -148,10 +149,19 @@ def test_sampler_config_validation():
         SamplerConfig("ddim", 10, 1.5)
     with pytest.raises(ValueError, match="positive integer"):
         SamplerConfig("ddim", 0)
-    with pytest.raises(ValueError, match="from 1 to 1000"):
+    with pytest.raises(ValueError, match="ddpm takes no eta"):
+        SamplerConfig("ddpm", 10, 0.5)
+    with pytest.raises(ValueError, match="choose 1 to 1000"):
         list(sample_steps(GaussianDenoiser(), SCHEDULES[0], torch.zeros(1, 1, 2, 2), SamplerConfig("ddim", 1001)))
     with pytest.raises(ValueError, match="NoiseSource"):
         list(sample_steps(GaussianDenoiser(), SCHEDULES[0], torch.zeros(1, 1, 2, 2), SamplerConfig("ddpm", 10)))
+    with pytest.raises(ValueError, match="NoiseSource"):
+        sample_steps(GaussianDenoiser(), SCHEDULES[0], torch.zeros(1, 1, 2, 2), SamplerConfig("ddim", 10, 0.1))
+    with pytest.raises(ValueError, match=r"\[N x C x H x W\]"):
+        sample_steps(GaussianDenoiser(), SCHEDULES[0], torch.zeros(1, 2, 2), SamplerConfig("ddim", 10))
+    # equal settings are equal keys, however the numbers were typed (the app's caches key on configs)
+    assert SamplerConfig("ddim", 10, 0) == SamplerConfig("ddim", torch.tensor(10).numpy()[()], 0.0)
+    assert type(SamplerConfig("ddim", 10, 0).eta) is float and type(SamplerConfig("ddim", 10).num_steps) is int
 
 
 def test_clip_denoised_keeps_x0_in_range():
@@ -179,3 +189,103 @@ def test_sampling_precision_defaults():
     assert sampling_autocast(torch.float16, torch.device("cpu")) is torch.float16
     with pytest.raises(ValueError, match="autocast must be a torch dtype"):
         sampling_autocast("bf16", torch.device("cuda"))
+
+
+# ----------------------------------------------------------------------------------- golden values
+# The final sample of each sampler (linear schedule, 10 steps, seeds 0 and 1, [2 x 1 x 2 x 2] in
+# float64, the Gaussian denoiser): a change to any step's math or to the order of its noise draws
+# moves these numbers.
+GOLDEN = {
+    ("ddim", 0.0): [1.2958802275370465, 0.10890137189391433, -1.111035697087368, 0.6665746466697111,
+                    0.7266998327503926, 0.4714821182228063, 0.33867555474180666, 0.7007949862248573],
+    ("ddim", 1.0): [-0.27323646691299636, 0.5264648805861888, 0.4700784396190586, -0.13630627245663374,
+                    0.5481965372867864, -0.06307639169712792, -0.053494207565764396, 0.30703978533423565],
+    ("ddpm", 0.0): [-0.27323646691299636, 0.5264648805861889, 0.4700784396190587, -0.13630627245663363,
+                    0.5481965372867865, -0.06307639169712781, -0.05349420756576451, 0.30703978533423576],
+    ("dpmpp_2m", 0.0): [1.4265650557619585, 0.08382436895971226, -1.2961994874651845, 0.7146785686143382,
+                        0.7826937091269671, 0.4939849358748999, 0.34375077170884727, 0.753389487531244],
+}
+
+
+def _golden_run(name: str, eta: float) -> torch.Tensor:
+    x_T = seed_noise([0, 1], (1, 2, 2)).double()
+    config = SamplerConfig(name, 10, eta)
+    return sample(sample_steps(GaussianDenoiser(), ScheduleConfig(kind="linear"), x_T, config, NoiseSource([0, 1])))
+
+
+@pytest.mark.parametrize("name, eta", list(GOLDEN), ids=[f"{n}-eta{e:g}" for n, e in GOLDEN])
+def test_golden_samples(name, eta):
+    torch.testing.assert_close(_golden_run(name, eta).flatten(), torch.tensor(GOLDEN[name, eta], dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_every_registered_sampler_has_golden_values():
+    assert {name for name, _ in GOLDEN} == set(REGISTRY)
+
+
+def test_ddim_eta1_is_ddpm_on_the_same_grid_and_noise():
+    """DDIM's sigma at eta = 1 (Song et al. eq. 16) is the DDPM posterior's standard deviation, so
+    with the same step noise the two samplers agree to rounding on any grid."""
+    torch.testing.assert_close(_golden_run("ddim", 1.0), _golden_run("ddpm", 0.0), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_registered_samplers_draw_noise_exactly_when_stochastic(name):
+    """What ``SamplerConfig.stochastic`` says is what the sampler does: other step noise changes
+    a stochastic run and leaves a deterministic one unchanged (the Interpolation page relies on it)."""
+    for eta in (0.0, 0.5) if REGISTRY[name].uses_eta else (0.0,):
+        config = SamplerConfig(name, 6, eta)
+        x_T = seed_noise([3], (1, 2, 2)).double()
+        a, b = (sample(sample_steps(GaussianDenoiser(), SCHEDULES[1], x_T, config, NoiseSource([s])))
+                for s in (1, 2))
+        assert torch.equal(a, b) != config.stochastic, (name, eta)
+
+
+# ------------------------------------------------------------------------------------ the registry
+@pytest.fixture
+def toy_sampler(monkeypatch):
+    """A sampler registered for one test: 'jump' predicts x0 once per step and jumps to the next
+    level with the DDIM step at eta 0, on at most 4 steps of any schedule."""
+    calls = []
+
+    def jump(denoiser, x_T, grid, config, noise):
+        calls.append((grid.num_steps, config))
+        x = x_T
+        for i in range(grid.num_steps):
+            abar, abar_next = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+            signal, rate, eps, x0 = samplers._denoise(denoiser, x, abar, config.clip_denoised)
+            x_next = samplers.D.ddim_step(x0, eps, abar_next, 0.0, None)
+            yield StepState(i, grid.num_steps, float(grid.times[i]), signal, rate, x, x0, eps, x_next)
+            x = x_next
+
+    monkeypatch.setitem(REGISTRY, "jump", samplers.SamplerSpec("jump", "Jump", "a test sampler", jump,
+                                                               uses_eta=False, stochastic=False,
+                                                               max_steps=lambda schedule: 4))
+    return calls
+
+
+def test_a_registered_sampler_is_usable_everywhere(toy_sampler, capsys):
+    from diffusion_core.cli import build_parser
+
+    config = SamplerConfig("jump", 3)
+    x_T = seed_noise([0], (1, 2, 2)).double()
+    states = list(sample_steps(GaussianDenoiser(), SCHEDULES[0], x_T, config))
+    assert toy_sampler == [(3, config)] and [s.index for s in states] == [0, 1, 2]
+    ddim = list(sample_steps(GaussianDenoiser(), SCHEDULES[0], x_T, SamplerConfig("ddim", 3)))
+    assert torch.equal(states[-1].x_next, ddim[-1].x_next)  # the same step math as DDIM at eta 0
+    with pytest.raises(ValueError, match="beyond this model's schedule: choose 1 to 4"):
+        sample_steps(GaussianDenoiser(), SCHEDULES[0], x_T, SamplerConfig("jump", 5))
+    assert samplers.step_limit("jump", SCHEDULES[0]) == 4 and samplers.step_limit("ddim", SCHEDULES[0]) == 1000
+    with pytest.raises(ValueError, match="jump takes no eta"):
+        SamplerConfig("jump", 3, 0.5)
+    args = build_parser().parse_args(["sample", "model.json", "--sampler", "jump"])
+    assert args.sampler == "jump"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sample", "--help"])
+    assert "jump: a test sampler" in " ".join(capsys.readouterr().out.split())
+
+
+def test_register_refuses_a_taken_name():
+    with pytest.raises(ValueError, match="'ddim' is registered already"):
+        samplers.register("ddim", "Another DDIM", "a clash")(lambda *args: iter(()))
+    assert REGISTRY["ddim"].steps is samplers.ddim_steps

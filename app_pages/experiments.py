@@ -4,7 +4,7 @@ then the experiments trained on the GPU whose weights do not ship (``docs/result
 import pandas as pd
 import streamlit as st
 
-from explorer_ui import cache, catalog, charts, widgets
+from explorer_ui import cache, catalog, charts, requests, widgets
 
 
 def in_columns(items: list, per_row: int = 4):
@@ -13,7 +13,6 @@ def in_columns(items: list, per_row: int = 4):
         yield from zip(st.columns(per_row), items[start:start + per_row])
 
 
-st.title("Experiments")
 entries, _ = widgets.checkpoints()
 usable = [e for e in entries if e.usable]
 
@@ -67,7 +66,7 @@ for col, entry in in_columns(usable):
             previews.add(entry.label)
         if entry.label in previews:
             with widgets.guard(f"Preview of {entry.label}"):
-                ref = cache.model_ref(entry, widgets.current_device())
+                ref = requests.model_ref(entry, widgets.current_device())
                 widgets.show(cache.preview_grid(ref), "seeds 0-3, DDIM 10 steps")
         else:
             st.caption("No sample grid shipped.")

@@ -2,27 +2,22 @@
 
 import streamlit as st
 
-from diffusion_core.generate import check_sampler
 from diffusion_core.images import gif_bytes
-from diffusion_core.samplers import SAMPLERS, SamplerConfig
-from explorer_ui import cache, charts, pictures, plans, widgets
+from explorer_ui import cache, charts, pictures, requests, widgets
 
-st.title("Trajectory")
 entries = widgets.usable_or_stop()
 left, right = st.columns([1, 3])
 with left:
-    entry, ref, model, _, steps0, limit = widgets.model_inputs(entries, "traj", count=1, ladder=(50, 20, 10))
-    name, steps, eta = widgets.sampler_inputs("traj", steps0, limit, SAMPLERS)
+    choice = widgets.model_inputs(entries, "traj", count=1, ladder=(50, 20, 10))
+    sampler = widgets.sampler_inputs("traj", choice)
     seed, _ = widgets.seed_inputs("traj", count=None)
+    request = widgets.valid("Recording the trajectory",
+                            lambda: requests.trajectory(choice.ref, choice.model, seed, sampler.config()))
 
 with right, widgets.guard("Recording the trajectory"):
-    config = SamplerConfig(name, steps, eta)
-    check_sampler(model, config)
-    size = model.experiment.network.image_size
-    plans.check_trajectory(steps, size)
-    key = (ref, seed, cache.sampler_key(config))
-    if widgets.ready("traj_approved", key, widgets.estimate([model], steps)):
-        traj = cache.trajectory(*key)  # cached: moving the slider below never re-runs the model
+    steps, size = request.sampler.num_steps, choice.model.experiment.network.image_size
+    if widgets.ready("traj_approved", request, widgets.estimate([choice.model], steps)):
+        traj = cache.trajectory(request)  # cached: moving the slider below never re-runs the model
         last = len(traj.pred_x0)  # S steps; index S is the finished sample
         if st.session_state.get("traj_step", last) > last:
             st.session_state["traj_step"] = last
@@ -41,5 +36,5 @@ with right, widgets.guard("Recording the trajectory"):
         frames = pictures.trajectory_frames(traj.x_t, traj.pred_x0)
         st.download_button("Download GIF", lambda: gif_bytes(frames, duration_ms=120, scale=max(1, 192 // size)),
                            key="traj_download", on_click="ignore", mime="image/gif",
-                           file_name=f"{entry.name}_seed{seed}_{name}{steps}.gif",
+                           file_name=f"{choice.entry.name}_seed{seed}_{request.sampler.name}{steps}.gif",
                            help="x_t (left) and predicted x0 (right) at every step; made when you click.")

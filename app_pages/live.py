@@ -13,14 +13,14 @@ import streamlit as st
 
 from diffusion_core import generate as G
 from diffusion_core.images import make_grid, png_bytes
-from diffusion_core.samplers import SamplerConfig, StepState
-from explorer_ui import cache, pictures, plans, widgets
+from diffusion_core.samplers import StepState
+from explorer_ui import cache, pictures, widgets
 
-st.title("Live")
 entries = widgets.usable_or_stop()
 left, right = st.columns([1, 3])
 with left:
-    entry, ref, model, name, steps, eta, seed, count, _ = widgets.grid_inputs(entries, "live")
+    choice = widgets.grid_inputs(entries, "live", "Live sampling")
+    entry, model, request = choice.entry, choice.model, choice.request
     start, stop = st.columns(2)
     started = start.button("Start", key="live_start", type="primary")
     stop.button("Stop", key="live_stop", on_click=lambda: st.session_state.update(live_stop_requested=True))
@@ -34,7 +34,7 @@ def frame(state: StepState, cols: int, seconds: float) -> dict:
             "pred_caption": f"predicted x0 at step {k}",
             "x_t_caption": "finished samples" if k == n else f"x_t after step {k}",
             "status": f"{'Done:' if k == n else 'Stopped at'} step {k} of {n} "
-                      f"({entry.label}, {name}, {seconds:.1f} s on {ref.device})."}
+                      f"({entry.label}, {request.sampler.name}, {seconds:.1f} s on {request.model.device})."}
 
 
 def show_or_run() -> None:
@@ -60,12 +60,8 @@ def show_or_run() -> None:
         return
     st.session_state["live_stop_requested"] = False
     with widgets.guard("Live sampling"):
-        config = SamplerConfig(name, steps, eta)
-        plans.check_grid(count, model.experiment.network.image_size)
-        seeds = plans.seed_range(seed, count)
-        states = cache.locked_steps(ref, G.step_states(model, seeds, config))
-        cols, t0 = math.ceil(math.sqrt(count)), time.perf_counter()
-        for state in states:
+        cols, t0 = math.ceil(math.sqrt(len(request.seeds))), time.perf_counter()
+        for state in cache.live_steps(request):
             if st.session_state.get("live_stop_requested"):
                 break
             shown = st.session_state["live_last"] = frame(state, cols, time.perf_counter() - t0)

@@ -5,14 +5,12 @@ import numpy as np
 import streamlit as st
 
 from diffusion_core.checkpoint import LoadedModel
-from diffusion_core.generate import check_sampler
 from diffusion_core.images import make_grid, png_bytes
-from diffusion_core.samplers import SamplerConfig
-from explorer_ui import cache, neighbours, plans, widgets
+from explorer_ui import cache, neighbours, widgets
+from explorer_ui.requests import GridRequest
 
 
-def nearest_training_images(ref: cache.ModelRef, model: LoadedModel, images: np.ndarray, seeds: list[int],
-                            sampler: cache.SamplerKey) -> None:
+def nearest_training_images(grid: GridRequest, model: LoadedModel, images: np.ndarray) -> None:
     """Pick a sample of the grid; show it beside its nearest training images (FID features)."""
     weights = neighbours.fid_weights()
     if weights is None:
@@ -24,14 +22,15 @@ def nearest_training_images(ref: cache.ModelRef, model: LoadedModel, images: np.
         return
     if not neighbours.on_disk(source):
         st.info(f"The training images of this checkpoint ({source or 'their path was not recorded'}) are not on "
-                "this machine. Name the data set it was trained on: an image folder, a .tar archive or an LSUN LMDB.")
+                f"this machine. {neighbours.WHERE_DATA_GOES}: an image folder, a .tar archive or an LSUN LMDB.")
         source = st.text_input("Training data", key="nn_source", placeholder="/data/bedrooms-128.tar")
         if not source.strip():
             return
     data = neighbours.training_data(model.experiment, model.description, source)
+    seeds = grid.seeds
     index = st.selectbox("Sample of the grid", range(len(seeds)), format_func=lambda i: f"#{i} (seed {seeds[i]})",
                          key="nn_index")
-    request = (ref, tuple(seeds), sampler, index, data)
+    request = (grid, index, data)
     estimate = neighbours.feature_estimate(data.count)
     if st.button(f"Find nearest training images ({estimate} the first time)", key="nn_go",
                  help="The first search computes the FID-Inception features of every training image on "
@@ -40,7 +39,7 @@ def nearest_training_images(ref: cache.ModelRef, model: LoadedModel, images: np.
     if st.session_state.get("nn_request") != request:
         return
     with st.spinner(f"Features of the training images ({estimate} the first time), then the search..."):
-        found = cache.nearest_training_images(ref, data, str(weights), images[index])
+        found = cache.nearest_training_images(grid.model, data, str(weights), images[index])
     cols = st.columns(1 + len(found["indices"]))
     widgets.show(images[index], f"sample #{index}, seed {seeds[index]}", target=128, where=cols[0])
     for col, image, i, d in zip(cols[1:], found["images"], found["indices"], found["distances"]):
@@ -56,30 +55,24 @@ def nearest_training_images(ref: cache.ModelRef, model: LoadedModel, images: np.
                     f"images lie this close to another one): this sample is **{verdict}**.")
 
 
-st.title("Sample")
 entries = widgets.usable_or_stop()
 left, right = st.columns([1, 3])
 with left:
-    entry, ref, model, name, steps, eta, seed, count, count0 = widgets.grid_inputs(entries, "sample")
-    cols = st.number_input("Grid columns", min_value=1, max_value=32, value=min(count0, 4), step=1,
-                           key="sample_cols")
+    choice = widgets.grid_inputs(entries, "sample", "Sampling", columns=True)
+request, sampler, seeds = choice.request, choice.request.sampler, choice.request.seeds
 
 with right, widgets.guard("Sampling"):
-    config = SamplerConfig(name, steps, eta)
-    check_sampler(model, config)
-    size = model.experiment.network.image_size
-    plans.check_grid(count, size)
-    seeds = plans.seed_range(seed, count)
-    key = (ref, tuple(seeds), cache.sampler_key(config))
-    if widgets.ready("sample_approved", key, widgets.estimate([model], count * steps)):
-        images, seconds = cache.sample_images(*key)
-        grid = make_grid(images, cols=int(cols))
+    if widgets.ready("sample_approved", request, widgets.estimate([choice.model], request.evaluations)):
+        images, seconds = cache.sample_images(request)
+        grid = make_grid(images, cols=choice.cols)
         widgets.show(grid, target=720)
-        st.caption(f"{entry.label}: {len(images)} images of {size}x{size}, seeds {seeds[0]}-{seeds[-1]}, "
-                   f"{name} {steps} steps{f', eta {eta:g}' if name == 'ddim' else ''}; "
-                   f"generated in {seconds:.2f} s on {ref.device}.")
+        size = choice.model.experiment.network.image_size
+        eta = f", eta {sampler.eta:g}" if sampler.spec.uses_eta else ""
+        st.caption(f"{choice.entry.label}: {len(images)} images of {size}x{size}, seeds {seeds[0]}-{seeds[-1]}, "
+                   f"{sampler.name} {sampler.num_steps} steps{eta}; generated in {seconds:.2f} s on "
+                   f"{request.model.device}.")
         st.download_button("Download PNG", png_bytes(grid), key="sample_download", on_click="ignore",
-                           file_name=f"{entry.name}_{name}{steps}_seeds{seeds[0]}-{seeds[-1]}.png",
-                           mime="image/png")
+                           file_name=f"{choice.entry.name}_{sampler.name}{sampler.num_steps}_"
+                                     f"seeds{seeds[0]}-{seeds[-1]}.png", mime="image/png")
         with st.expander("Nearest training images"), widgets.guard("Nearest training images"):
-            nearest_training_images(ref, model, images, seeds, key[2])
+            nearest_training_images(request, choice.model, images)

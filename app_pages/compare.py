@@ -3,13 +3,12 @@
 import numpy as np
 import streamlit as st
 
-from diffusion_core.generate import check_sampler
 from diffusion_core.images import make_grid, png_bytes
-from diffusion_core.samplers import SamplerConfig
-from diffusion_core.schedules import max_sampling_steps
-from explorer_ui import cache, compute, pictures, plans, widgets
+from diffusion_core.samplers import SamplerConfig, step_limit
+from explorer_ui import cache, compute, pictures, plans, requests, widgets
 
-st.title("Compare")
+SAMPLER = "ddim"  # both comparisons use DDIM at eta 0: the same starting noise gives comparable images
+
 entries = widgets.usable_or_stop()
 labels = [e.label for e in entries]
 by_label = {e.label: e for e in entries}
@@ -26,25 +25,21 @@ else:
     loaded = [widgets.load(by_label[label]) for label in chosen]
     models = [m for _, m in loaded]
     count0, steps0 = widgets.default_plan(models, share=0.5)
-    limit = min(max_sampling_steps(m.experiment.schedule) for m in models)
+    limit = min(step_limit(SAMPLER, m.experiment.schedule) for m in models)
     a, b, c = st.columns(3)
     seed, count = widgets.seed_inputs("cmp", count0, where=a)
     steps = widgets.steps_input("cmp", steps0, limit, where=b)
     cols = int(c.number_input("Grid columns", min_value=1, max_value=16, value=min(count0, 2), key="cmp_cols"))
     with widgets.guard("Comparing"):
-        config = SamplerConfig("ddim", steps, 0.0)
-        for m in models:
-            check_sampler(m, config)
-            plans.check_grid(count, m.experiment.network.image_size)
-        seeds = tuple(plans.seed_range(seed, count))
-        params = (tuple(r for r, _ in loaded), seeds, cache.sampler_key(config))
-        if widgets.ready("cmp_approved", params, widgets.estimate(models, count * steps)):
-            for (ref, model), label, col in zip(loaded, chosen, st.columns(len(loaded))):
-                images, seconds = cache.sample_images(ref, seeds, cache.sampler_key(config))
+        grids = tuple(requests.grid(ref, model, seed, count, SamplerConfig(SAMPLER, steps)) for ref, model in loaded)
+        if widgets.ready("cmp_approved", grids, widgets.estimate(models, count * steps)):
+            for request, model, label, col in zip(grids, models, chosen, st.columns(len(grids))):
+                images, seconds = cache.sample_images(request)
                 size = model.experiment.network.image_size
                 with col:
                     widgets.show(make_grid(images, cols=cols), f"{label} ({size} px, {seconds:.1f} s)",
-                                 target=840 // len(loaded))
+                                 target=840 // len(grids))
+            seeds = grids[0].seeds
             st.caption(f"Seeds {seeds[0]}-{seeds[-1]}, DDIM {steps} steps (eta 0): the same starting noise "
                        "for checkpoints of the same image size.")
 
@@ -53,24 +48,19 @@ left, right = st.columns([1, 3])
 with left:
     entry = widgets.pick_checkpoint(entries, "sweep_checkpoint", reset=("sweep_steps",))
     ref, model = widgets.load(entry)
-    choices = plans.sweep_steps(max_sampling_steps(model.experiment.schedule))
+    choices = plans.sweep_steps(step_limit(SAMPLER, model.experiment.schedule))
     default = plans.sweep_default(choices, widgets.gflops(model), widgets.current_device(), compute.threads(),
                                   share=0.5)
     sweep = st.multiselect("DDIM steps", choices, default=default, key="sweep_steps")
     seed, count = widgets.seed_inputs("sweep", 1)
 with right, widgets.guard("Step sweep"):
-    if not sweep:
-        raise ValueError("choose at least one step count")
-    sweep = sorted(int(s) for s in sweep)
-    for s in sweep:
-        check_sampler(model, SamplerConfig("ddim", s, 0.0))
-    plans.check_grid(count * len(sweep), model.experiment.network.image_size)
-    seeds = tuple(plans.seed_range(seed, count))
-    params = (ref, seeds, tuple(sweep))
-    if widgets.ready("sweep_approved", params, widgets.estimate([model], count * sum(sweep)), "Run sweep"):
-        columns = [cache.sample_images(ref, seeds, ("ddim", s, 0.0, False))[0] for s in sweep]
-        cells = np.stack(columns, axis=1)  # [seeds x steps x H x W x 3]
-        grid = pictures.labelled_grid(cells, [f"{s} steps" for s in sweep], [f"seed {s}" for s in seeds])
+    grids = requests.sweep(ref, model, seed, count, [int(s) for s in sweep], SAMPLER)
+    seconds = widgets.estimate([model], sum(g.evaluations for g in grids))
+    if widgets.ready("sweep_approved", grids, seconds, "Run sweep"):
+        cells = np.stack([cache.sample_images(g)[0] for g in grids], axis=1)  # [seeds x steps x H x W x 3]
+        seeds = grids[0].seeds
+        grid = pictures.labelled_grid(cells, [f"{g.sampler.num_steps} steps" for g in grids],
+                                      [f"seed {s}" for s in seeds])
         st.image(png_bytes(grid), output_format="PNG", caption=f"{entry.label}: DDIM (eta 0) step sweep")
         st.download_button("Download PNG", png_bytes(grid), key="sweep_download", on_click="ignore",
                            file_name=f"{entry.name}_step_sweep.png", mime="image/png")
