@@ -139,6 +139,7 @@ def number(page, label: str, value: int) -> None:
     box.press("Enter")
 
 
+@pytest.mark.slow
 def test_every_page_in_a_browser(server, browser_page):
     page = browser_page
     page.goto(server)

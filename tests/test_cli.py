@@ -24,6 +24,7 @@ def test_help_explains_every_flag(command, capsys):
             assert action.option_strings[-1] in out
 
 
+@pytest.mark.slow
 def test_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "diffusion_core", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout and "interpolate" in r.stdout
@@ -41,6 +42,7 @@ def tiny_training_inputs(tmp_path, images: int, epochs: int, every: int):
     return data, cfg
 
 
+@pytest.mark.slow
 def test_train_then_use_the_model(tmp_path, capsys):
     data, cfg = tiny_training_inputs(tmp_path, images=10, epochs=2, every=1)
     run = tmp_path / "run"
