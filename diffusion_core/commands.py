@@ -1,4 +1,5 @@
-"""The CLI's commands: each takes parsed arguments, calls the core, prints what it did."""
+"""The CLI's commands: each turns its parsed flags (``cli.build_parser``) into typed calls of the core and
+prints what it did. Seeds are read by ``seeds.parse_seeds``, the grammar the app uses too."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import numpy as np
 import torch
 
 from .checkpoint import export_checkpoint, load_checkpoint
-from .cli import seed_list
 from .config import load_experiment
 from .images import gif_bytes, make_grid, save_png
 from .model import AUTO
 from .samplers import SamplerConfig
+from .seeds import parse_seeds
 from .training import RunOptions, Trainer, compile_settings, resolve_device
 
 
@@ -80,8 +81,8 @@ def _distributed(device: str) -> tuple[str, int, int]:
 def sample(args: argparse.Namespace) -> int:
     from .generate import generate
 
+    seeds = parse_seeds(args.seeds)
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
-    seeds = seed_list(args.seeds)
     start = time.perf_counter()
     images = generate(model, seeds, _sampler(args), autocast=_autocast(args), compile=args.compile)
     path = save_png(make_grid(images, args.cols), args.out)
@@ -92,8 +93,9 @@ def sample(args: argparse.Namespace) -> int:
 def interpolate(args: argparse.Namespace) -> int:
     from .generate import interpolation_frames
 
+    seeds = parse_seeds(args.seeds)
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
-    frames = interpolation_frames(model, args.seeds, args.frames, args.method, _sampler(args),
+    frames = interpolation_frames(model, seeds, args.frames, args.method, _sampler(args),
                                   autocast=_autocast(args))
     out = Path(args.out)
     if out.suffix.lower() == ".gif":
@@ -130,9 +132,14 @@ def export(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_checkpoint
+    from .evaluation import EvaluationOptions, evaluate_checkpoint
 
-    result = evaluate_checkpoint(args)
+    options = EvaluationOptions(
+        checkpoint=args.checkpoint, data=args.data, sampler=_sampler(args), num_samples=args.num_samples,
+        feature_batch=args.batch_size, device=args.device, fid_weights=args.fid_weights, cache_dir=args.cache_dir,
+        memorization=args.memorization, write=not args.no_write, autocast=_autocast(args), compile=args.compile,
+        equal_n_splits=3)
+    result = evaluate_checkpoint(options)
     for k, v in result.items():
         print(f"{k}: {v}")
     return 0

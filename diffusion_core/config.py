@@ -9,10 +9,15 @@ The same dataclasses are written as JSON into every checkpoint (``to_dict`` / ``
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 
 from . import networks
 from .schedules import ScheduleConfig

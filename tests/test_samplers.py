@@ -57,6 +57,7 @@ def test_samplers_reproduce_gaussian_data_statistics(schedule, config):
     assert x.std() == pytest.approx(expected_std, rel=0.10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [SamplerConfig("ddim", 500, 0.0), SamplerConfig("ddim", 1000, 1.0)],
                          ids=["ddim-500", "ddim-eta1-1000"])
 def test_samplers_converge_with_steps(config):
@@ -65,6 +66,7 @@ def test_samplers_converge_with_steps(config):
     assert x.std() == pytest.approx(expected_std, rel=0.03)
 
 
+@pytest.mark.slow
 def test_full_ddpm_chain_on_linear_schedule():
     x, expected_std = _draw(ScheduleConfig(kind="linear"), SamplerConfig("ddpm", 1000), n=1000)
     assert expected_std == pytest.approx(S, rel=0.002)  # the full chain ends at t = 0, beta = 1e-4

@@ -134,3 +134,55 @@ def test_ddim_eta_one_full_grid_equals_ddpm_posterior():
     abar_full = discrete_alphas_cumprod(cfg)
     expected = betas[t] * (1 - abar_full[t - 1]) / (1 - abar_full[t])
     assert D.posterior_mean_variance(x0, x0, abar_full[t], abar_full[t - 1])[1] == pytest.approx(expected, rel=1e-9)
+
+
+# Golden values: computed once from the committed schedules and written here as literals (not the
+# formula again), so that a changed constant, an off-by-one index or a lost clip fails. A committed
+# schedule never changes meaning: a checkpoint trained on it must keep getting the same rates.
+GOLDEN_LINEAR_ABAR = {0: 0.9999, 1: 0.9997800920720721, 99: 0.89701814567496, 499: 0.07858724288177824,
+                      998: 4.118193638138445e-05, 999: 4.035829765375676e-05}
+GOLDEN_COSINE_ABAR = {0: 0.999958715775178, 1: 0.9999125759273678, 99: 0.9720927371139696,
+                      499: 0.4938435904406382, 998: 2.4287669070348544e-06, 999: 2.4287669070348567e-09}
+GOLDEN_GRID_5 = {  # time_grid(config, 5): times and alphas_cumprod (the last is the clean end point)
+    "linear": ([999, 799, 599, 399, 199], [4.035829765375676e-05, 0.001532089549647948, 0.025879389423334884,
+                                           0.19514644493343236, 0.6590385082317941, 1.0]),
+    "cosine": ([999, 799, 599, 399, 199], [2.4287669070348567e-09, 0.09404561267665389, 0.34080963975932427,
+                                           0.6474782111465038, 0.8987059205995089, 1.0]),
+    "continuous_cosine": ([1.0, 0.8, 0.6, 0.4, 0.2], [0.00039999999999999877, 0.06943205072238971,
+                                                      0.2411305183160582, 0.4745549043539713,
+                                                      0.7140465250787851, 1.0]),
+}
+
+
+def test_golden_linear_schedule():
+    """DDPM (Ho et al.): betas 1e-4..0.02 over 1000 steps."""
+    b = linear_betas()
+    assert b[[0, 1, 500, 999]] == pytest.approx([1e-4, 0.00011991991991991993, 0.010059959959959959, 0.02],
+                                                rel=1e-12)
+    abar = discrete_alphas_cumprod(ScheduleConfig(kind="linear"))
+    assert {t: abar[t] for t in GOLDEN_LINEAR_ABAR} == pytest.approx(GOLDEN_LINEAR_ABAR, rel=1e-12)
+
+
+def test_golden_cosine_schedule():
+    """Nichol-Dhariwal cosine, s = 0.008, 1000 steps; the last beta is clipped to 0.999."""
+    abar = discrete_alphas_cumprod(ScheduleConfig(kind="cosine"))
+    assert {t: abar[t] for t in GOLDEN_COSINE_ABAR} == pytest.approx(GOLDEN_COSINE_ABAR, rel=1e-12)
+    betas = 1 - abar[1:] / abar[:-1]
+    assert betas[[499, 997, 998]] == pytest.approx([0.003155691441585007, 0.7499993929011166, 0.999], rel=1e-9)
+
+
+def test_golden_continuous_cosine_rates():
+    """The Keras DDIM example's schedule: signal rate 0.95 at t = 0 down to 0.02 at t = 1."""
+    signal, noise = continuous_cosine_rates(np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+    assert signal == pytest.approx([0.95, 0.8104543226685387, 0.5944798383066962, 0.3224437307607213,
+                                    0.01999999999999997], rel=1e-12)
+    assert noise == pytest.approx([0.31224989991992, 0.5858018358351911, 0.8041105159409647, 0.94658863319454,
+                                   0.999799979995999], rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", sorted(GOLDEN_GRID_5))
+def test_golden_time_grids(kind):
+    times, abar = GOLDEN_GRID_5[kind]
+    g = time_grid(ScheduleConfig(kind=kind), 5)
+    assert g.times == pytest.approx(times, abs=1e-12)
+    assert g.alphas_cumprod == pytest.approx(abar, rel=1e-12)

@@ -22,6 +22,7 @@ def _x0_error(trainer: Trainer, images: np.ndarray, noise: float = 0.6) -> float
     return float(((x0_hat - x0) ** 2).mean())
 
 
+@pytest.mark.slow
 def test_tiny_unet_overfits_a_few_images(tmp_path):
     images = random_images(4, 16, seed=1)
     exp = tiny_experiment(widths=(16, 32), block_depth=1, epochs=400, batch_size=4, learning_rate=3e-3,
@@ -38,6 +39,7 @@ def test_tiny_unet_overfits_a_few_images(tmp_path):
     assert {"step", "epoch", "loss", "images_per_s", "lr"} <= set(log[0])
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_identical(tmp_path):
     images = random_images(12, 16, seed=2)
     exp = tiny_experiment(epochs=3, batch_size=4, checkpoint_every=1)
@@ -149,6 +151,7 @@ def _steps(trainer: Trainer, n: int) -> list[float]:
     return [float(trainer.train_step()) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_compiled_step_is_the_whole_loss_and_matches_eager(tmp_path, monkeypatch):
     """One process compiles the whole loss (data preparation, noise, network, loss) as one graph,
     not the network alone; compiled (aot_eager here: Inductor's C++ builds take minutes on a CPU)

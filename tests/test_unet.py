@@ -10,6 +10,7 @@ from diffusion_core.unet import UNet, UNetConfig, sinusoidal_embedding
 CONFIGS = sorted(glob.glob("experiments/*.toml"))
 
 
+@pytest.mark.slow
 def test_every_seed_experiment_network_builds_and_runs():
     seen = set()
     assert len(CONFIGS) >= 12
@@ -106,6 +107,7 @@ def test_written_out_upsampling_is_pytorchs_bilinear(shape, channels_last):
         upsample2x_written_out(torch.zeros(3, 4, 4))
 
 
+@pytest.mark.slow
 def test_compiled_passes_pick_the_upsampling_by_need_for_gradients(monkeypatch):
     """Inside torch.compile a pass with gradients traces the written-out upsampling (no atomic
     scatter in its backward) and an inference pass PyTorch's kernel; the compiled network computes
