@@ -423,9 +423,7 @@ class Trainer:
         for i, p in enumerate(self.network.parameters()):
             entries = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"optim.{i}.")}
             if entries:
-                if "step" in entries:
-                    entries["step"] = entries["step"].to("cpu" if not self.cuda else self.device)
-                self.optimizer.state[p] = entries
+                self.optimizer.state[p] = optimizer_state_like(p, entries, self.cuda)
         self.normalization = PixelNormalization(**state["normalization"])
         self.step, self.wall_time, self.last_loss = state["step"], state["wall_time_s"], state["last_loss"]
         return True
@@ -439,6 +437,24 @@ def _same_experiment(recorded: Any, experiment: ExperimentConfig) -> bool:
     except (ConfigError, TypeError, ValueError, AttributeError):
         return False
     return json.dumps(recorded.to_dict()) == json.dumps(experiment.to_dict())
+
+
+def optimizer_state_like(param: torch.Tensor, entries: dict[str, torch.Tensor], cuda: bool) -> dict[str, torch.Tensor]:
+    """One parameter's AdamW state as read from disk, laid out as the parameter is. Safetensors
+    stores every tensor contiguous, while on CUDA the parameters are channels_last, and the fused
+    AdamW refuses moments whose layout differs from their parameter's ("params, grads, exp_avgs,
+    and exp_avg_sqs must have same dtype, device, and layout"): copied into ``empty_like(param)``
+    they keep their values and take the parameter's strides. ``step`` goes to the device the
+    fused optimizer keeps it on (CPU otherwise)."""
+    out = {}
+    for k, v in entries.items():
+        if k == "step":
+            out[k] = v.to(param.device if cuda else "cpu")
+        elif v.shape == param.shape:
+            out[k] = torch.empty_like(param, dtype=v.dtype).copy_(v)
+        else:
+            out[k] = v
+    return out
 
 
 def _device_name(device: torch.device) -> str:

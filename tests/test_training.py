@@ -213,3 +213,25 @@ def test_a_compiled_step_that_fails_falls_back_to_eager_with_the_same_draws(tmp_
     assert _steps(fast, 3) == _steps(eager, 3)
     assert "compiled training step failed (RuntimeError: no C++ compiler); training eagerly" in capsys.readouterr().out
     assert fast.loss_of == fast._loss_of
+
+
+def test_resumed_optimizer_state_takes_the_parameters_layout():
+    """On CUDA the parameters are channels_last but safetensors gives contiguous moments, which the
+    fused AdamW refused on resume; the state is laid out like its parameter, values unchanged."""
+    from diffusion_core.training import optimizer_state_like
+
+    param = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
+    moment = torch.randn(8, 4, 3, 3)  # contiguous, as read from disk
+    state = optimizer_state_like(param, {"exp_avg": moment, "exp_avg_sq": moment.abs(), "step": torch.tensor(5.0)},
+                                 cuda=False)
+    assert state["exp_avg"].stride() == param.stride() != moment.stride()
+    assert torch.equal(state["exp_avg"], moment) and torch.equal(state["exp_avg_sq"], moment.abs())
+    assert state["step"].device.type == "cpu" and state["step"].item() == 5.0
+    # and a fused AdamW steps from it (on CUDA that is where the contiguous moments were refused)
+    opt_param = torch.nn.Parameter(param.clone())
+    opt = torch.optim.AdamW([opt_param], lr=1e-3, fused=True)
+    opt_param.grad = torch.ones_like(opt_param)
+    opt.state[opt_param] = optimizer_state_like(opt_param, {"exp_avg": moment, "exp_avg_sq": moment.abs(),
+                                                            "step": torch.tensor(5.0)}, cuda=False)
+    opt.step()
+    assert opt.state[opt_param]["step"].item() == 6.0
