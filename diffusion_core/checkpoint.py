@@ -186,7 +186,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     validate_tensors(weights, expected, where, against="the description", files=files, error=CheckpointError)
     network.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
     network.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    if torch.device(device).type == "cuda":  # 3x faster convolutions and upsampling (docs/performance.md)
+    if torch.device(device).type == "cuda":  # in NCHW, bilinear upsampling took 68% of a sampling call (docs/performance.md)
         network.to(memory_format=torch.channels_last)
     return LoadedModel(stem.name, stem.with_suffix(".json"), network, experiment, normalization, desc)
 

@@ -63,8 +63,8 @@ def compile_settings(device: str, world_size: int = 1, compile: bool | None = No
 
     On CUDA the training step is compiled by default (for one process the whole loss, network
     included, as one graph; under DDP the network alone), in "reduce-overhead" mode for one
-    process: CUDA graphs replay the forward and backward (batch 64 on H100s: 5,878 images/s against
-    2,877 in the default mode, two runs a day apart; 2.1x in one run on an H200), with the same
+    process: CUDA graphs replay the forward and backward (batch 64 on one H200: 8,554 images/s against
+    4,074 in the default mode, one run), with the same
     loss curve as the eager float32 step (0.04% apart over 1,000 steps; docs/performance.md).
     Under DDP (world_size > 1) the mode stays "default": CUDA graphs with DDP's gradient hooks are
     untested here. On the CPU and MPS nothing is compiled unless asked (minutes of C++ builds).

@@ -120,8 +120,8 @@ def upsample2x_written_out(x: torch.Tensor) -> torch.Tensor:
     Along each axis output 2i is 3/4 x[i] + 1/4 x[i-1] and output 2i+1 is 3/4 x[i] + 1/4 x[i+1],
     indices clamped at the border (source coordinate (dst + 1/2) / 2 - 1/2), as PyTorch's kernel
     computes. Why: compiled, PyTorch's upsampling lowers to a gather whose backward scatters with
-    atomic adds into zeroed float32 buffers; on an H100 that was the most expensive part of the
-    reference network's training step (about 8 of 27 ms at batch 256: bench/profile_steps.py,
+    atomic adds into zeroed float32 buffers; on an H100 it takes about 8 of the 27 ms of a
+    batch-256 training step of the reference network (bench/profile_steps.py --baseline interpolate;
     docs/performance.md). Written out, forward and backward are plain loads that fuse with their
     neighbours. Eagerly PyTorch's kernel is faster (about 2x on a CPU).
     Works on any memory format; channels_last in, channels_last out."""

@@ -28,8 +28,8 @@ packed once into a ``[K, C_out]`` matrix (``pack_weights``): the 3x3 blocks tap-
 
 The channel counts are compile-time constants (one compiled kernel per channel layout), so the
 reduction loop has a fixed trip count and no integer division, and each pixel's nine taps are
-checked against the image border once, as a 9-bit mask, before the loop: the loop's address
-arithmetic was most of its instructions (docs/performance.md). Offsets are 32-bit:
+checked against the image border once, as a 9-bit mask, before the loop, which halves a program's instructions (2,376 -> 1,168 on the 64x64
+32-channel launch; docs/performance.md). Offsets are 32-bit:
 every activation must have fewer than 2**31 elements.
 
 On a CPU the same kernel runs under Triton's interpreter (TRITON_INTERPRET=1 set before Triton
