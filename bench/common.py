@@ -220,13 +220,27 @@ def parse_settings(argv: Sequence[str] | None, description: str) -> Settings:
                     compile_mode=args.compile_mode, only=tuple(args.only))
 
 
-def environment(settings: Settings) -> dict[str, Any]:
-    from bench.peers import versions
+PEER_PACKAGES = ("diffusers", "denoising_diffusion_pytorch")  # the peers bench/peers.py wraps
 
+
+def peer_versions() -> dict[str, str]:
+    """Installed version of each peer package (or "not installed")."""
+    import importlib.metadata
+
+    out = {}
+    for name in PEER_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def environment(settings: Settings) -> dict[str, Any]:
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(settings.device),
            "cpu": _cpu_model(), "threads": torch.get_num_threads(), "quick": settings.quick,
            "timing": f"median of {settings.windows} windows of >= {settings.window_s} s",
-           "compile_backend": settings.compile_backend, **versions()}
+           "compile_backend": settings.compile_backend, **peer_versions()}
     if settings.cuda:
         env.update(gpu=torch.cuda.get_device_name(settings.device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())

@@ -23,8 +23,6 @@ from torch import nn
 
 from bench.common import Unavailable
 
-PACKAGES = ("diffusers", "denoising_diffusion_pytorch")
-
 
 def _import(name: str):
     try:
@@ -32,17 +30,6 @@ def _import(name: str):
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken dependency failing its own way
         reason = str(e).splitlines()[0] if str(e) else ""
         raise Unavailable(f"{name}: {type(e).__name__}: {reason}"[:160]) from e
-
-
-def versions() -> dict[str, str]:
-    """Installed version of each peer package (or "not installed")."""
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name.replace("_", "-"))
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 # --- diffusers -------------------------------------------------------------------------------
