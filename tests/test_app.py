@@ -26,6 +26,7 @@ from helpers import make_tiny_checkpoint, random_images  # noqa: E402
 
 from diffusion_core import generate as G  # noqa: E402
 from diffusion_core.checkpoint import load_checkpoint  # noqa: E402
+from diffusion_core.data import decode_image  # noqa: E402
 from diffusion_core.images import make_grid, png_bytes  # noqa: E402
 from diffusion_core.samplers import SamplerConfig  # noqa: E402
 
@@ -358,7 +359,7 @@ def test_interpolation_strips_seeds_and_uploads(monkeypatch, folder, media):
                                                      for i, p in enumerate(pics)]).run()
     clean(at)
     assert len(at.image) == 5  # originals and reconstructions, then the four interpolations
-    originals = np.stack([G.image_from_bytes(png_bytes(p), 16) for p in pics])
+    originals = np.stack([decode_image(png_bytes(p), 16) for p in pics])
     _, recon = G.invert(model, originals, config.num_steps)
     assert_shows(pixels(media, at.image[0]), make_grid(np.concatenate([originals, recon]), cols=2))
 
