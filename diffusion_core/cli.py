@@ -179,17 +179,19 @@ def check_output_file(path: str | os.PathLike, option: str, suffixes: tuple[str,
         raise ValueError(f"{option} {path} is a folder; name a file in it, e.g. {path / ('out' + (suffixes or ('',))[0])}")
     if suffixes and path.suffix.lower() not in suffixes:
         raise ValueError(f"{option} {path} must end in {' or '.join(suffixes)}")
-    check_output_folder(path.parent, option)
+    check_output_folder(path.parent, option, named=path)
 
 
-def check_output_folder(path: str | os.PathLike, option: str) -> None:
-    """Refuse an output folder that is a file, lies under a file, or cannot be written."""
+def check_output_folder(path: str | os.PathLike, option: str, named: str | os.PathLike | None = None) -> None:
+    """Refuse an output folder that is a file, lies under a file, or cannot be written (the message
+    names ``named``, the option's value, where that is a file in the folder)."""
     path = Path(os.path.abspath(path))
     existing = next(p for p in (path, *path.parents) if p.exists())
+    named = path if named is None else named
     if not existing.is_dir():
-        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
+        raise ValueError(f"{option} {named}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: no permission to write in {existing}")
+        raise ValueError(f"{option} {named}: no permission to write in {existing}")
 
 
 def check_outputs(args: argparse.Namespace) -> None:
