@@ -353,6 +353,11 @@ def test_interpolation_strips_seeds_and_uploads(monkeypatch, folder, media):
     at.file_uploader(key="interp_upload").set_value([("a.txt", b"hello", "text/plain"),
                                                      ("b.png", png_bytes(random_images(1, 16)[0]), "image/png")]).run()
     assert not at.exception and "a.txt: not a readable image" in at.error[0].value
+    tiff = io.BytesIO()
+    Image.fromarray(random_images(1, 16)[0]).save(tiff, "TIFF")  # a format Pillow reads, uploads do not
+    at.file_uploader(key="interp_upload").set_value([("a.tiff", tiff.getvalue(), "image/tiff"),
+                                                     ("b.png", png_bytes(random_images(1, 16)[0]), "image/png")]).run()
+    assert not at.exception and "a.tiff: not a readable image: not a JPEG, PNG or WebP file" in at.error[0].value
 
     pics = random_images(2, 32, seed=3)
     at.file_uploader(key="interp_upload").set_value([(f"{i}.png", png_bytes(p), "image/png")
