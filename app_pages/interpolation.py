@@ -4,7 +4,7 @@ images, DDIM-inverted), side by side as strips and animations."""
 import numpy as np
 import streamlit as st
 
-from diffusion_core.generate import image_from_bytes
+from diffusion_core.data import decode_image
 from diffusion_core.images import make_grid
 from explorer_ui import cache, plans, requests, widgets
 
@@ -16,7 +16,7 @@ def inversion_request(choice: widgets.ModelChoice, uploads: list, steps: int) ->
     pictures = []
     for upload in uploads:
         try:
-            pictures.append(image_from_bytes(upload.getvalue(), choice.model.experiment.network.image_size))
+            pictures.append(decode_image(upload.getvalue(), choice.model.experiment.network.image_size))
         except ValueError as e:
             raise ValueError(f"{upload.name}: {e}") from None
     return requests.inversion(choice.ref, choice.model, np.stack(pictures), steps)

@@ -12,6 +12,7 @@ import torch
 
 from .checkpoint import export_checkpoint, load_checkpoint
 from .config import load_experiment
+from .files import atomic_write_bytes
 from .images import gif_bytes, make_grid, save_png
 from .model import AUTO
 from .samplers import SamplerConfig
@@ -41,6 +42,9 @@ def train(args: argparse.Namespace) -> int:
     say = print if rank == 0 else (lambda *a, **k: None)
     images = load_image_set(args.data, exp.network.image_size, exp.data.samples, seed=exp.train.seed,
                             cache_dir=args.cache_dir, progress=not args.quiet and rank == 0)
+    if exp.train.batch_size > len(images):
+        raise ValueError(f"batch size {exp.train.batch_size} (train.batch_size or --batch-size) is larger than the "
+                         f"{len(images)} training images of {images.source}; lower it or use more images")
     dataset = {"name": images.name, "source": images.source, "available": images.num_available}
     compile, compile_mode = compile_settings(device, world, args.compile, args.compile_mode)
     options = RunOptions(device=device, compile=compile, compile_mode=compile_mode, max_steps=args.max_steps,
@@ -99,7 +103,7 @@ def interpolate(args: argparse.Namespace) -> int:
                                   autocast=_autocast(args))
     out = Path(args.out)
     if out.suffix.lower() == ".gif":
-        out.write_bytes(gif_bytes(frames, duration_ms=100, scale=2))
+        atomic_write_bytes(out, gif_bytes(frames, duration_ms=100, scale=2))
     else:
         save_png(make_grid(frames, cols=len(frames)), out)
     print(f"{len(frames)} frames ({args.method}) -> {out}")
@@ -109,13 +113,19 @@ def interpolate(args: argparse.Namespace) -> int:
 def invert(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from .generate import image_from_bytes, invert as invert_images
+    from .data import decode_image
+    from .files import read_regular_file
+    from .generate import invert as invert_images
 
+    try:  # before the model: a missing or unfit file fails at once
+        raw = read_regular_file(args.image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {args.image}") from None
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
-    path = Path(args.image)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image at {path}")
-    image = image_from_bytes(path.read_bytes(), model.experiment.network.image_size)[None]
+    try:
+        image = decode_image(raw, model.experiment.network.image_size)[None]
+    except ValueError as e:
+        raise ValueError(f"{args.image}: {e}") from None
     noise, recon = invert_images(model, image, args.steps, args.refine)
     err = np.abs(recon.astype(np.int16) - image.astype(np.int16)).mean()
     save_file({"noise": noise.cpu().contiguous()}, f"{args.out}.safetensors")

@@ -4,8 +4,12 @@
 uint8 ``[N, S, S, 3]`` with ``S == image_size``. What every pixel means is fixed here, because it
 is part of what a checkpoint's training data means:
 
-1. The file is decoded with Pillow (JPEG, PNG or WebP, whatever its extension; anything else is
-   unreadable) and turned upright by its EXIF orientation tag.
+1. The file is decoded with Pillow by ``decode_image``, the one reader of images for the data sets,
+   the app's uploads and the CLI: JPEG, PNG or WebP told by their first bytes, whatever the
+   extension (anything else is unreadable); at most ``MAX_PIXELS`` pixels by the header, checked
+   before decoding; a JPEG at least 8x the output side decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+   DCT scaling, ``Image.draft``) while keeping 4x the output side. It is turned upright by its
+   EXIF orientation tag.
 2. It becomes 8-bit RGB: grayscale is replicated, palette and CMYK go through Pillow's
    ``convert("RGB")``, 16-bit modes (``I;16*``, ``I``) are divided by 256 (65535 -> 255,
    32768 -> 128), and anything with transparency (RGBA, LA, PA, palette or RGB with a
@@ -13,7 +17,9 @@ is part of what a checkpoint's training data means:
 3. The largest centred square is cropped and resized to ``S x S`` with Pillow's antialiased
    ``BICUBIC`` filter (``reducing_gap=None``, i.e. exact).
 
-Unreadable entries are skipped, counted and reported in one warning. Every problem the user can
+Files are read whole only if regular and at most ``MAX_FILE_BYTES`` (``files.read_regular_file``;
+tar members and LMDB values under the same cap). Unreadable entries are skipped, counted and
+reported in one warning. Every problem the user can
 fix raises :class:`DataError` naming the path. Bump ``CACHE_VERSION`` whenever a change here
 alters the pixels produced.
 """
@@ -36,14 +42,16 @@ from PIL import ExifTags, Image, ImageOps
 from PIL import JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401 (DECODE_FORMATS)
 from tqdm import tqdm
 
-from .files import atomic_write
+from .files import MAX_FILE_BYTES, atomic_write, read_regular_file
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: large JPEGs decoded at a reduced DCT scale
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 RESAMPLE = Image.Resampling.BICUBIC  # fixed: changing it changes what a checkpoint's data means
 DECODE_FORMATS = ("JPEG", "PNG", "WEBP")  # JPEG includes camera MPO files
+MAX_PIXELS = 40_000_000  # largest width x height decoded (a 16-bit image of this size takes ~0.5 GiB to convert)
+DRAFT_MARGIN = 4  # a JPEG is decoded at reduced scale only down to this many times the output side
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 SourceKind = Literal["folder", "tar", "lmdb"]
@@ -114,8 +122,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB (16-bit scaled by 1/256, alpha over white)."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
-        wide = np.asarray(img).astype(np.int64)  # [H, W] 16-bit values (I: assumed 16-bit)
-        gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+        wide = np.asarray(img)  # [H, W] uint16 (I;16, any byte order) or int32 (I: assumed 16-bit)
+        if wide.dtype.kind == "i":
+            wide = np.clip(wide, 0, 65535)
+        gray = (wide >> 8).astype(np.uint8)  # 65535 -> 255, 32768 -> 128, without a wider copy
         return Image.fromarray(gray).convert("RGB")
     if mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
@@ -124,11 +134,56 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if mode == "RGB" else img.convert("RGB")
 
 
-def _decode(data: bytes, image_size: int) -> np.ndarray:
-    """Encoded image bytes -> uint8 [S, S, 3]; raises on anything unreadable (bombs included)."""
-    with Image.open(io.BytesIO(data), formats=DECODE_FORMATS) as img:
-        img.load()
-        return preprocess_image(img, image_size)
+def sniff_format(data: bytes) -> str | None:
+    """"JPEG", "PNG" or "WEBP" by the file's first bytes (its signature), else None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def decode_image(source: bytes | str | os.PathLike, image_size: int) -> np.ndarray:
+    """Decode one untrusted image (its bytes, or a path read with ``read_regular_file``) into
+    training pixels: uint8 [S, S, 3] with S == image_size (steps 1-3 of the module doc).
+
+    Raises DataError (a ValueError) with a one-line reason for anything that is not a JPEG, PNG or
+    WebP image within ``MAX_FILE_BYTES`` and ``MAX_PIXELS``; a path's message names the file.
+    FileNotFoundError when a path does not exist.
+    """
+    _check_image_size(image_size)
+    where = ""
+    if not isinstance(source, (bytes, bytearray, memoryview)):
+        where = f"{source}: "
+        try:
+            source = read_regular_file(source, MAX_FILE_BYTES)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no image at {source}") from None
+        except ValueError as e:
+            raise DataError(str(e)) from None
+    data = bytes(source)
+    if len(data) > MAX_FILE_BYTES:
+        raise DataError(f"{where}image of {len(data) / 2**20:.1f} MiB, more than the "
+                        f"{MAX_FILE_BYTES / 2**20:g} MiB limit for one file")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise DataError(f"{where}not a readable image: not a JPEG, PNG or WebP file")
+    try:
+        with Image.open(io.BytesIO(data), formats=(fmt,)) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise DataError(f"{where}image of {w}x{h} = {w * h:,} pixels, more than the limit of "
+                                f"{MAX_PIXELS:,} pixels (MAX_PIXELS) for one image")
+            if fmt == "JPEG":
+                img.draft(img.mode, (DRAFT_MARGIN * image_size, DRAFT_MARGIN * image_size))
+            img.load()
+            return preprocess_image(img, image_size)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated or hostile data: every failure is the file's
+        raise DataError(f"{where}not a readable image: {type(e).__name__}: {str(e)[:200]}") from e
 
 
 # --------------------------------------------------------------------------- sources
@@ -207,7 +262,7 @@ class _FolderSource:
 
     def read(self, indices: Sequence[int]) -> Iterator[tuple[int, Fetch]]:
         for i in indices:
-            yield i, (self.path / self.labels[i]).read_bytes
+            yield i, lambda p=self.path / self.labels[i]: read_regular_file(p, MAX_FILE_BYTES)
 
     def close(self) -> None:
         pass
@@ -237,11 +292,19 @@ class _TarSource:
     def read(self, indices: Sequence[int]) -> Iterator[tuple[int, Fetch]]:
         # In archive order, so a .gz stream is only rewound once.
         for i in sorted(indices, key=lambda i: self._members[i].offset_data):
-            yield i, lambda m=self._members[i]: self._tar.extractfile(m).read()
+            yield i, lambda m=self._members[i]: _read_member(self._tar, m)
 
     def close(self) -> None:
         if self._tar is not None:
             self._tar.close()
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A member's bytes, if it is at most MAX_FILE_BYTES (its size is in its header)."""
+    if member.size > MAX_FILE_BYTES:
+        raise DataError(f"member of {member.size / 2**20:.1f} MiB, more than the "
+                        f"{MAX_FILE_BYTES / 2**20:g} MiB limit for one file")
+    return tar.extractfile(member).read(MAX_FILE_BYTES)
 
 
 def _is_safe_member(name: str) -> bool:
@@ -318,7 +381,7 @@ def _decode_selection(src: _Source, image_size: int, samples: int | None, seed: 
             row_of = {int(i): int(r) for i, r in zip(batch, holes)}
             for i, fetch in src.read([int(i) for i in batch]):
                 try:
-                    images[row_of[i]] = _decode(fetch(), image_size)
+                    images[row_of[i]] = decode_image(fetch(), image_size)
                 except Exception as e:  # corrupt, truncated, not an image, decompression bomb
                     failures.append((src.labels[i], f"{type(e).__name__}: {e}"))
                     continue

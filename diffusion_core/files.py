@@ -10,13 +10,16 @@ Reading: every dict of tensors read from a file (checkpoint weights, training st
 weights, the app's header check) passes ``validate_tensors`` before use: the names and shapes
 that the network implies, a floating dtype that the network can take (float16, bfloat16 or
 float32; an integer only where the network holds one, such as BatchNorm's step counter), and
-finite values.
+finite values. A small file a user hands over whole (an image to invert, a training image) is read
+with ``read_regular_file``: a regular file of at most ``MAX_FILE_BYTES``, never a FIFO (which would
+wait forever), a device (``/dev/zero`` never ends) or a folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
@@ -36,6 +39,49 @@ def _read_umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_read_umask()  # the mode a plain open() gives a new file (mkstemp's own is 0600)
+MAX_FILE_BYTES = 64 * 2**20  # the largest single file (an image, a tar member) read whole
+
+
+def _kind_of(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The whole content of ``path``, a file a user handed over: a regular file (or a link to one) of at
+    most ``max_bytes``. A folder, FIFO, socket or device is refused before anything is read (a FIFO is
+    opened without waiting for a writer), and so is a file over the cap, by its size and again while
+    reading (it may grow). Raises FileNotFoundError when nothing is there, ValueError naming the file
+    and the reason otherwise."""
+    path = Path(path)
+    try:
+        kind = _kind_of(os.stat(path).st_mode)  # follows links: a link to /dev/zero is a device
+        if kind is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no file at {path}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    if kind is not None:
+        raise ValueError(f"{path} is {kind}, not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        kind = _kind_of(info.st_mode)  # it may have been replaced between stat and open
+        if kind is not None:
+            raise ValueError(f"{path} is {kind}, not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} is {info.st_size / 2**20:.1f} MiB, more than the "
+                             f"{max_bytes / 2**20:g} MiB limit for one file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} is larger than the {max_bytes / 2**20:g} MiB limit for one file")
+    return data
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -3,13 +3,11 @@ seeds, invert an image. Shared by the CLI and the app; returns uint8 arrays [N x
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from . import runtime
 from .checkpoint import LoadedModel
@@ -135,19 +133,6 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
         steps = sample_steps(runtime.denoiser(model, autocast), model.experiment.schedule, path[i:i + chunk], config)
         out.append(model.normalization.to_pixels(sample(steps)))
     return np.concatenate(out)
-
-
-def image_from_bytes(data: bytes, image_size: int) -> np.ndarray:
-    """Decode an uploaded image (any format Pillow reads) and center-crop/resize it like the
-    training data. Raises ValueError with a readable message for anything that is not an image."""
-    from .data import preprocess_image
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
-        raise ValueError(f"not a readable image: {e}") from e
-    return preprocess_image(img, image_size)
 
 
 def invert(model: LoadedModel, images: np.ndarray, num_steps: int,

@@ -43,6 +43,8 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "cosine", "continuous_cosine"):
             raise ValueError(f"unknown schedule kind {self.kind!r}")
+        if not isinstance(self.num_timesteps, int) or isinstance(self.num_timesteps, bool):
+            raise ValueError(f"num_timesteps must be a whole number, got {self.num_timesteps!r}")
         if self.num_timesteps < 1:
             raise ValueError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
         if not 0 < self.beta_start < self.beta_end < 1:

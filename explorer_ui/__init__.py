@@ -12,10 +12,8 @@ inputs that end in a request, image display and the error guard that every page 
 Nothing here is imported before ``app.py`` has drawn the page list and title (see ``app.py``).
 """
 
-import os as _os
+from diffusion_core.threads import apply_thread_policy as _apply_thread_policy
 
-# Before anything here imports torch (and with it OpenMP, which reads this once, at load): let
-# idle OpenMP threads sleep instead of spinning. On a CPU shared with other sessions or other
-# processes, spinning threads of a 2-thread torch pool can make each step 10-20x slower; sleeping
-# ones cost next to nothing when the machine is idle. An explicit setting in the environment wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before anything here imports torch: idle OpenMP threads sleep instead of spinning (the CLI's
+# policy too; see diffusion_core/threads.py). An explicit setting in the environment wins.
+_apply_thread_policy()

@@ -5,7 +5,7 @@ eval mode and every call runs under ``torch.inference_mode`` (``model.Denoiser``
 forward passes read the same weights and mutate nothing (BatchNorm uses its running statistics in
 eval mode). The lock is for throughput and memory: on a CPU one forward pass already uses every
 intra-op thread, so two sessions computing at once split the cores, oversubscribe the thread pool
-(often far slower than taking turns; see also ``OMP_WAIT_POLICY`` in ``explorer_ui/__init__.py``)
+(often far slower than taking turns; see also ``OMP_WAIT_POLICY`` in ``diffusion_core/threads.py``)
 and double peak memory; on a GPU two large batches at once can run out of memory. So each device
 has one lock; page actions hold it for one cached computation, and the Live page for one sampling
 step at a time, so that several live viewers interleave.

@@ -2,9 +2,10 @@ import os
 import sys
 from pathlib import Path
 
-# idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
-# make every torch call many times slower (see explorer_ui/__init__.py)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# idle OpenMP threads sleep instead of spinning, as in the CLI and the app (diffusion_core/threads.py)
+from diffusion_core.threads import apply_thread_policy  # noqa: E402 (imports nothing heavy)
+
+apply_thread_policy()
 # Triton kernels (diffusion_core/fused/conv.py) run under Triton's interpreter in the tests: CI
 # has no GPU. Triton reads this when it is first imported, so it is set before anything imports it.
 os.environ.setdefault("TRITON_INTERPRET", "1")

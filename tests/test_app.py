@@ -26,6 +26,7 @@ from helpers import make_tiny_checkpoint, random_images  # noqa: E402
 
 from diffusion_core import generate as G  # noqa: E402
 from diffusion_core.checkpoint import load_checkpoint  # noqa: E402
+from diffusion_core.data import decode_image  # noqa: E402
 from diffusion_core.images import make_grid, png_bytes  # noqa: E402
 from diffusion_core.samplers import SamplerConfig  # noqa: E402
 
@@ -352,13 +353,18 @@ def test_interpolation_strips_seeds_and_uploads(monkeypatch, folder, media):
     at.file_uploader(key="interp_upload").set_value([("a.txt", b"hello", "text/plain"),
                                                      ("b.png", png_bytes(random_images(1, 16)[0]), "image/png")]).run()
     assert not at.exception and "a.txt: not a readable image" in at.error[0].value
+    tiff = io.BytesIO()
+    Image.fromarray(random_images(1, 16)[0]).save(tiff, "TIFF")  # a format Pillow reads, uploads do not
+    at.file_uploader(key="interp_upload").set_value([("a.tiff", tiff.getvalue(), "image/tiff"),
+                                                     ("b.png", png_bytes(random_images(1, 16)[0]), "image/png")]).run()
+    assert not at.exception and "a.tiff: not a readable image: not a JPEG, PNG or WebP file" in at.error[0].value
 
     pics = random_images(2, 32, seed=3)
     at.file_uploader(key="interp_upload").set_value([(f"{i}.png", png_bytes(p), "image/png")
                                                      for i, p in enumerate(pics)]).run()
     clean(at)
     assert len(at.image) == 5  # originals and reconstructions, then the four interpolations
-    originals = np.stack([G.image_from_bytes(png_bytes(p), 16) for p in pics])
+    originals = np.stack([decode_image(png_bytes(p), 16) for p in pics])
     _, recon = G.invert(model, originals, config.num_steps)
     assert_shows(pixels(media, at.image[0]), make_grid(np.concatenate([originals, recon]), cols=2))
 

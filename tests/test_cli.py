@@ -69,8 +69,9 @@ def test_train_then_use_the_model(tmp_path, capsys):
 
 def test_user_errors_are_messages(tmp_path, capsys):
     ck = make_tiny_checkpoint(tmp_path)
-    assert main(["sample", str(ck), "--steps", "0", "--device", "cpu"]) == 2
-    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal, before anything is loaded
+        main(["sample", str(ck), "--steps", "0", "--device", "cpu"])
+    assert e.value.code == 2 and "argument --steps: 0 is out of range" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "missing.json"), "--device", "cpu"]) == 2
     assert "no checkpoint description" in capsys.readouterr().err
     assert main(["invert", str(ck), str(tmp_path / "nope.png"), "--device", "cpu"]) == 2

@@ -235,7 +235,7 @@ def test_cache_round_trip_and_corrupt_cache_rebuilt(tmp_path, monkeypatch):
         raise AssertionError("decoded although the cache should have been used")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_decode", no_decode)
+        m.setattr(data, "decode_image", no_decode)
         again = load_image_set(root, 8, cache_dir=cache)
     assert np.array_equal(first.images, again.images) and again.images.dtype == np.uint8
     assert (again.name, again.num_available, again.skipped) == ("g", 4, 0)
