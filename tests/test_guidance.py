@@ -23,6 +23,7 @@ from diffusion_core.model import PixelNormalization
 from diffusion_core.samplers import REGISTRY, SamplerConfig
 from diffusion_core.unet import UNet
 from tests.helpers import tiny_experiment
+from tests.test_app import keep_main_module, media, one_thread  # noqa: F401  (fixtures of the app tests)
 
 NORM = PixelNormalization((0.45, 0.4, 0.35), (0.25, 0.25, 0.25))
 
@@ -289,3 +290,48 @@ def test_the_shipped_guide_config_fits_ours2_eps():
     ratio = count_parameters(build_network(guide_exp.network)) / count_parameters(build_network(main_exp.network))
     assert 0.2 < ratio < 0.3
     assert guide_exp.train.epochs < main_exp.train.epochs / 10
+
+
+# ------------------------------------------------------------------------------------------- app
+def test_parse_weights():
+    from explorer_ui.requests import parse_weights
+
+    assert parse_weights("2") == (2.0,) and parse_weights(" 1, 1.5 2,1 ") == (1.0, 1.5, 2.0)
+    for text, message in [("", "give a guidance weight"), ("1, x", "'x' is not a guidance weight"),
+                          ("12", "between 0 and 10"), ("0 1 2 3 4 5 6 7 8", "at most 8 guidance weights")]:
+        with pytest.raises(ValueError, match=message):
+            parse_weights(text)
+
+
+def test_sample_page_guides_with_a_fitting_checkpoint_and_a_row_per_weight(monkeypatch, tmp_path, media):
+    from diffusion_core.guidance import Guidance
+    from tests.helpers import make_tiny_checkpoint
+    from tests.test_app import assert_shows, clean, open_app, pixels
+
+    ck = tmp_path / "checkpoints"
+    make_tiny_checkpoint(ck, "tiny_a", seed=0, metrics={"fid": 100.0})  # the page opens on the best FID
+    make_tiny_checkpoint(ck, "tiny_b", seed=1)
+    make_tiny_checkpoint(ck, "big", image_size=32, seed=2)
+    at = open_app(monkeypatch, ck, "sample")
+    clean(at)
+    main_model, guide_model = load_checkpoint(ck / "tiny_a.json"), load_checkpoint(ck / "tiny_b.json")
+    config, seeds = SamplerConfig("ddim", 20), [0, 1, 2, 3]
+    assert at.selectbox(key="sample_guide").options == ["(none)", "tiny_b"]  # big has another resolution
+    assert_shows(pixels(media, at.image[0]), make_grid(generate(main_model, seeds, config), cols=4))
+
+    at.selectbox(key="sample_guide").set_value("tiny_b").run()  # default weight 2
+    clean(at)
+    guided = generate(main_model, seeds, config, guidance=Guidance(guide_model, 2.0))
+    assert_shows(pixels(media, at.image[0]), make_grid(guided, cols=4))
+    assert any("guided by tiny_b at w = 2;" in c.value for c in at.caption)
+
+    at.text_input(key="sample_guidance").set_value("1, 3").run()  # a row per weight, w = 1 the model alone
+    clean(at)
+    rows = [generate(main_model, seeds, config), generate(main_model, seeds, config,
+                                                          guidance=Guidance(guide_model, 3.0))]
+    assert_shows(pixels(media, at.image[0]), make_grid(np.concatenate(rows), cols=4))
+    assert any("guided by tiny_b at w = 1, 3 (a row each)" in c.value for c in at.caption)
+
+    at.text_input(key="sample_guidance").set_value("1, x").run()
+    assert not at.exception and len(at.image) == 0
+    assert at.error[0].value == "Autoguidance: 'x' is not a guidance weight (a number from 0 to 10)"
