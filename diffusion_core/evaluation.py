@@ -101,7 +101,8 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     model's resolution R); optionally the near-copy share and, with ``equal_n_splits`` > 0 (and at
     least half as many samples as real images), FID / floor at equal N (``equal_n_comparison``).
     ``frechet``: see fid_from_features; ``compile``: see generate; ``guidance``: autoguided
-    sampling (recorded as ``guide`` and ``guidance``). Returns a JSON-ready dict."""
+    sampling (recorded as ``guide``, ``guidance`` and the guide's parameters and epochs). Returns a
+    JSON-ready dict."""
     size = model.experiment.network.image_size
     if real_images.shape[1:] != (size, size, 3):
         raise ValueError(f"reference images are {real_images.shape[1]} px, the model makes {size} px")
@@ -120,8 +121,11 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     result = evaluation_record(r, sampler, f"{real_name} at {size}px", extractor.weights_id) | {
         "sampling_time_s": round(sample_time, 1),
         "precision": str(sampling_autocast(autocast, model.device) or torch.float32).removeprefix("torch.")}
-    if guidance is not None:
-        result |= {"guide": guidance.guide.name, "guidance": guidance.weight}
+    if guidance is not None:  # the guide's size and age too, for FID against them
+        desc = guidance.guide.description
+        training = desc.get("training") if isinstance(desc.get("training"), dict) else {}
+        result |= {"guide": guidance.guide.name, "guidance": guidance.weight,
+                   "guide_parameters": desc.get("parameters"), "guide_epochs": training.get("epochs_completed")}
     if equal_n_splits and num_samples >= len(real_images) // 2:
         result["equal_n"] = equal_n_comparison(fake_feats, real_feats, equal_n_splits, frechet)
     if memorization:

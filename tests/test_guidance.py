@@ -29,7 +29,7 @@ NORM = PixelNormalization((0.45, 0.4, 0.35), (0.25, 0.25, 0.25))
 
 
 def make_checkpoint(folder, name, widths=(8, 16), prediction="eps", image_size=16, schedule=None,
-                    normalization=NORM, seed=0):
+                    normalization=NORM, seed=0, epochs=None):
     """A randomly initialised tiny checkpoint (float32 weights); returns its .json path."""
     exp = tiny_experiment(name, image_size, widths=widths, prediction=prediction)
     if schedule is not None:
@@ -38,7 +38,8 @@ def make_checkpoint(folder, name, widths=(8, 16), prediction="eps", image_size=1
     net = UNet(exp.network)
     with torch.no_grad():
         net.head.weight.normal_(0, 0.05)
-    desc = describe_model(exp, normalization, net, training={"images_seen": 0})
+    training = {"images_seen": 0} if epochs is None else {"epochs_completed": epochs}
+    desc = describe_model(exp, normalization, net, training=training)
     return save_checkpoint(folder / name, net.state_dict(), desc, dtype=torch.float32)[0]
 
 
@@ -47,7 +48,7 @@ def models(tmp_path_factory):
     """A main model predicting eps and a guide of a quarter of its parameters predicting v."""
     folder = tmp_path_factory.mktemp("guidance")
     main_model = load_checkpoint(make_checkpoint(folder, "main", (8, 16), "eps", seed=0), "cpu")
-    guide_model = load_checkpoint(make_checkpoint(folder, "guide", (4, 8), "v", seed=1), "cpu")
+    guide_model = load_checkpoint(make_checkpoint(folder, "guide", (4, 8), "v", seed=1, epochs=12.5), "cpu")
     return folder, main_model, guide_model
 
 
@@ -261,6 +262,9 @@ def test_evaluation_records_guide_and_weight(models, tmp_path):
                               memorization=False, autocast=None, guidance=guidance(main_model, guide_model, w))
                for w in (1.5, 2.0)]
     assert [(r["guide"], r["guidance"]) for r in results] == [("guide", 1.5), ("guide", 2.0)]
+    assert results[0]["guide_parameters"] == guide_model.description["parameters"] < main_model.description[
+        "parameters"]
+    assert results[0]["guide_epochs"] == 12.5
     assert results[0]["fid"] != results[1]["fid"]
     plain = evaluate_model(main_model, real, "noise", config, 6, Extractor(), tmp_path / "cache",
                            memorization=False, autocast=None)
