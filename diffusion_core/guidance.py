@@ -125,14 +125,15 @@ def mismatches(main: ExperimentConfig, main_norm: PixelNormalization,
     else:
         for f in ("mean", "std"):
             a, b = getattr(main_norm, f), getattr(guide_norm, f)
-            if max(abs(x - y) for x, y in zip(a, b)) > NORMALIZATION_TOLERANCE:
-                found.append(f"pixel normalization {f} ({_fmt(a)} against {_fmt(b)}): "
-                             "not trained on the same data")
+            gap = max(abs(x - y) for x, y in zip(a, b))
+            if gap > NORMALIZATION_TOLERANCE:
+                found.append(f"pixel normalization {f} ({_fmt(a)} against {_fmt(b)}, up to {gap:.1e} apart): "
+                             "not trained on the same images")
     return found
 
 
 def _fmt(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+    return "(" + ", ".join(f"{v:.6f}" for v in values) + ")"
 
 
 def check_guide(main: LoadedModel, guide: LoadedModel) -> None:

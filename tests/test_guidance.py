@@ -161,8 +161,8 @@ def test_interpolation_at_w1_is_unguided(models):
     ({"schedule": {"kind": "linear"}}, "schedule kind (continuous_cosine against linear)"),
     ({"schedule": {"min_signal_rate": 0.05}}, "schedule min_signal_rate (0.02 against 0.05)"),
     ({"normalization": PixelNormalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))},
-     "pixel normalization mean ((0.4500, 0.4000, 0.3500) against (0.5000, 0.5000, 0.5000)): not trained on the "
-     "same data; pixel normalization std"),
+     "pixel normalization mean ((0.450000, 0.400000, 0.350000) against (0.500000, 0.500000, 0.500000), up to "
+     "1.5e-01 apart): not trained on the same images; pixel normalization std"),
 ])
 def test_a_guide_that_does_not_fit_is_refused_with_the_difference_named(models, tmp_path, change, named):
     _, main_model, _ = models
