@@ -20,6 +20,7 @@ from pathlib import Path
 from . import commands
 from .data import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .generate import COMPILE_MIN_CALLS, FUSED_MIN_CALLS
+from .guidance import MAX_GUIDANCE
 from .samplers import DEFAULT_SAMPLER, REGISTRY
 from .seeds import MAX_SEEDS
 from .training import COMPILE_MODES
@@ -80,6 +81,15 @@ def _add_sampler_flags(p: argparse.ArgumentParser, default_steps: int = 50) -> N
                    help="float32 on CUDA too (default there: bf16 autocast, faster; images within a few /255)")
 
 
+def _add_guidance_flags(p: argparse.ArgumentParser, several: bool = False) -> None:
+    p.add_argument("--guide", help="autoguidance (Karras et al. 2024): a smaller or less-trained checkpoint of the "
+                                   "same data, schedule, normalisation and resolution that guides this one")
+    p.add_argument("--guidance", type=float, nargs="+" if several else None, default=[1.0] if several else 1.0,
+                   metavar="W", help=f"autoguidance weight{'s, one evaluation each' if several else ''}: "
+                                     f"D_guide + W (D_main - D_guide), 0 to {MAX_GUIDANCE:g}; 1 (default) is no "
+                                     "guidance, 0 the guide alone; needs --guide otherwise")
+
+
 def _add_sampling_compile_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="a compiled sampling network: on CUDA the fused Triton kernels (their first use on "
@@ -126,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(0 <= seed < 2**63, at most {MAX_SEEDS:,} per grid; default 0-15)")
     p.add_argument("--cols", type=int_in(1, MAX_SEEDS), help="grid columns (default: square)")
     p.add_argument("--out", default="samples.png", help="output PNG")
+    _add_guidance_flags(p)
     _add_sampling_compile_flag(p)
 
     p = sub.add_parser("interpolate", help="interpolate between the noise of two or more seeds")
@@ -137,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int_in(2, MAX_FRAMES), default=8, help="frames along the whole path (default 8)")
     p.add_argument("--method", choices=("slerp", "lerp"), default="slerp", help="spherical (default) or linear")
     p.add_argument("--out", default="interpolation.png", help="output .png (strip) or .gif (animation)")
+    _add_guidance_flags(p)
 
     p = sub.add_parser("invert", help="DDIM-invert an image to its starting noise and reconstruct it")
     p.set_defaults(handler=commands.invert)
@@ -167,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memorization", action="store_true",
                    help="also report the share of near-copies of training images")
     p.add_argument("--no-write", action="store_true", help="do not write the results into the checkpoint description")
+    _add_guidance_flags(p, several=True)
     _add_sampling_compile_flag(p)
     return parser
 

@@ -13,6 +13,7 @@ import torch
 from .checkpoint import export_checkpoint, load_checkpoint
 from .config import load_experiment
 from .files import atomic_write_bytes
+from .guidance import NO_GUIDANCE, Guidance, check_weight, guidance
 from .images import gif_bytes, make_grid, save_png
 from .model import AUTO
 from .samplers import SamplerConfig
@@ -27,6 +28,16 @@ def _autocast(args) -> str | None:
 
 def _sampler(args) -> SamplerConfig:
     return SamplerConfig(args.sampler, args.steps, args.eta, args.clip)
+
+
+def _guidance(args, model) -> Guidance | None:
+    """--guide and --guidance: the guide loaded on the model's device and checked against it."""
+    guide = load_checkpoint(args.guide, model.device) if args.guide else None
+    return guidance(model, guide, args.guidance)
+
+
+def _guided(g: Guidance | None) -> str:
+    return f", guided by {g.guide.name} at w = {g.weight:g}" if g is not None else ""
 
 
 def train(args: argparse.Namespace) -> int:
@@ -87,10 +98,11 @@ def sample(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds)
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    guide = _guidance(args, model)
     start = time.perf_counter()
-    images = generate(model, seeds, _sampler(args), autocast=_autocast(args), compile=args.compile)
+    images = generate(model, seeds, _sampler(args), autocast=_autocast(args), compile=args.compile, guidance=guide)
     path = save_png(make_grid(images, args.cols), args.out)
-    print(f"{len(images)} images in {time.perf_counter() - start:.1f} s -> {path}")
+    print(f"{len(images)} images{_guided(guide)} in {time.perf_counter() - start:.1f} s -> {path}")
     return 0
 
 
@@ -99,14 +111,15 @@ def interpolate(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds)
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    guide = _guidance(args, model)
     frames = interpolation_frames(model, seeds, args.frames, args.method, _sampler(args),
-                                  autocast=_autocast(args))
+                                  autocast=_autocast(args), guidance=guide)
     out = Path(args.out)
     if out.suffix.lower() == ".gif":
         atomic_write_bytes(out, gif_bytes(frames, duration_ms=100, scale=2))
     else:
         save_png(make_grid(frames, cols=len(frames)), out)
-    print(f"{len(frames)} frames ({args.method}) -> {out}")
+    print(f"{len(frames)} frames ({args.method}{_guided(guide)}) -> {out}")
     return 0
 
 
@@ -144,12 +157,18 @@ def export(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from .evaluation import EvaluationOptions, evaluate_checkpoint
 
-    options = EvaluationOptions(
-        checkpoint=args.checkpoint, data=args.data, sampler=_sampler(args), num_samples=args.num_samples,
-        feature_batch=args.batch_size, device=args.device, fid_weights=args.fid_weights, cache_dir=args.cache_dir,
-        memorization=args.memorization, write=not args.no_write, autocast=_autocast(args), compile=args.compile,
-        equal_n_splits=3)
-    result = evaluate_checkpoint(options)
-    for k, v in result.items():
-        print(f"{k}: {v}")
+    weights = list(dict.fromkeys(check_weight(w) for w in args.guidance))  # all checked before the first run
+    if not args.guide and weights != [NO_GUIDANCE]:
+        raise ValueError("--guidance other than 1 needs --guide (a guide checkpoint)")
+    for w in weights:  # one evaluation per weight: FID against w
+        if len(weights) > 1:
+            print(f"# guidance {w:g}")
+        options = EvaluationOptions(
+            checkpoint=args.checkpoint, data=args.data, sampler=_sampler(args), num_samples=args.num_samples,
+            feature_batch=args.batch_size, device=args.device, fid_weights=args.fid_weights, cache_dir=args.cache_dir,
+            memorization=args.memorization, write=not args.no_write, autocast=_autocast(args), compile=args.compile,
+            equal_n_splits=3, guide=args.guide, guidance=w)
+        result = evaluate_checkpoint(options)
+        for k, v in result.items():
+            print(f"{k}: {v}")
     return 0

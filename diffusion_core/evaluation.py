@@ -17,6 +17,7 @@ from .checkpoint import LoadedModel, load_checkpoint, update_description
 from .fid import FeatureExtractor, cache_path, fid_from_features, load_feature_extractor, near_copy_report
 from .files import atomic_write_bytes
 from .generate import generate
+from .guidance import NO_GUIDANCE, Guidance, guidance
 from .model import AUTO, sampling_autocast
 from .samplers import SamplerConfig
 
@@ -94,11 +95,14 @@ def evaluation_record(r: dict[str, Any], sampler: SamplerConfig, reference: str,
 def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, sampler: SamplerConfig,
                    num_samples: int, extractor: FeatureExtractor, cache_dir: str | Path,
                    memorization: bool = True, autocast: torch.dtype | str | None = AUTO,
-                   frechet: str = "sqrtm", compile: bool | None = None, equal_n_splits: int = 0) -> dict[str, Any]:
+                   frechet: str = "sqrtm", compile: bool | None = None, equal_n_splits: int = 0,
+                   guidance: Guidance | None = None) -> dict[str, Any]:
     """FID/KID of ``num_samples`` samples against the real images (uint8 [N x R x R x 3] at the
     model's resolution R); optionally the near-copy share and, with ``equal_n_splits`` > 0 (and at
     least half as many samples as real images), FID / floor at equal N (``equal_n_comparison``).
-    ``frechet``: see fid_from_features; ``compile``: see generate. Returns a JSON-ready dict."""
+    ``frechet``: see fid_from_features; ``compile``: see generate; ``guidance``: autoguided
+    sampling (recorded as ``guide``, ``guidance`` and the guide's parameters and epochs). Returns a
+    JSON-ready dict."""
     size = model.experiment.network.image_size
     if real_images.shape[1:] != (size, size, 3):
         raise ValueError(f"reference images are {real_images.shape[1]} px, the model makes {size} px")
@@ -107,7 +111,8 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     start = time.perf_counter()
     # one noise generator per batch on the device: per-image CPU generators would dominate the
     # time of 1000-step ancestral sampling on a GPU
-    samples = generate(model, list(range(num_samples)), sampler, autocast, per_image_noise=False, compile=compile)
+    samples = generate(model, list(range(num_samples)), sampler, autocast, per_image_noise=False, compile=compile,
+                       guidance=guidance)
     sample_time = time.perf_counter() - start
     real_feats = cached_features(real_images, real_name, extractor, cache_dir)
     fake_feats = extractor(samples)
@@ -116,6 +121,11 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     result = evaluation_record(r, sampler, f"{real_name} at {size}px", extractor.weights_id) | {
         "sampling_time_s": round(sample_time, 1),
         "precision": str(sampling_autocast(autocast, model.device) or torch.float32).removeprefix("torch.")}
+    if guidance is not None:  # the guide's size and age too, for FID against them
+        desc = guidance.guide.description
+        training = desc.get("training") if isinstance(desc.get("training"), dict) else {}
+        result |= {"guide": guidance.guide.name, "guidance": guidance.weight,
+                   "guide_parameters": desc.get("parameters"), "guide_epochs": training.get("epochs_completed")}
     if equal_n_splits and num_samples >= len(real_images) // 2:
         result["equal_n"] = equal_n_comparison(fake_feats, real_feats, equal_n_splits, frechet)
     if memorization:
@@ -132,13 +142,15 @@ def record_result(path: str | Path, result: dict[str, Any], protocol: bool) -> d
     from .checkpoint import read_description
 
     metrics = dict(read_description(path).get("metrics", {}))
-    runs = [r for r in metrics.get("evaluations", []) if not (
-        r.get("sampler"), r.get("steps"), r.get("eta"), r.get("num_samples")) == (
-        result["sampler"], result["steps"], result["eta"], result["num_samples"])]
+    keys = ("sampler", "steps", "eta", "num_samples", "guide", "guidance")  # an unguided run has no guide
+    runs = [r for r in metrics.get("evaluations", []) if not all(r.get(k) == result.get(k) for k in keys)]
     metrics["evaluations"] = runs + [result]
     if protocol:
+        if "guide" in metrics and "guide" not in result:  # an unguided headline after a guided one
+            metrics.update(guide=None, guidance=NO_GUIDANCE)  # (update_description merges: no key is deleted)
         metrics.update({k: result[k] for k in ("fid", "kid", "kid_std", "num_samples", "sampler", "steps", "eta",
-                                               "weights", "reference", "equal_n") if k in result})
+                                               "weights", "reference", "equal_n", "guide", "guidance")
+                        if k in result})
         for k in ("near_copy_share", "near_copy_threshold"):
             if k in result:
                 metrics[k] = result[k]
@@ -162,6 +174,8 @@ class EvaluationOptions:
     autocast: str | None = AUTO  # None: float32 everywhere; AUTO: bf16 autocast on CUDA
     compile: bool | None = None  # see generate; None decides by the job's size
     equal_n_splits: int = 3  # FID / floor at equal N over this many splits (0: skip)
+    guide: str | Path | None = None  # autoguidance: the guide checkpoint (.json or its stem)
+    guidance: float = NO_GUIDANCE  # the guidance weight w (1: no guidance; needs ``guide`` otherwise)
 
 
 def evaluate_checkpoint(options: EvaluationOptions) -> dict[str, Any]:
@@ -173,12 +187,13 @@ def evaluate_checkpoint(options: EvaluationOptions) -> dict[str, Any]:
     o = options
     device = resolve_device(o.device)
     model = load_checkpoint(o.checkpoint, device)
+    guide = guidance(model, load_checkpoint(o.guide, device) if o.guide is not None else None, o.guidance)
     size = model.experiment.network.image_size
     real = load_image_set(o.data, size, cache_dir=Path(o.cache_dir) / "data")
     extractor = load_feature_extractor(o.fid_weights, device, batch_size=min(o.feature_batch, 200))
     result = evaluate_model(model, real.images, real.name, o.sampler, o.num_samples, extractor, o.cache_dir,
                             memorization=o.memorization, autocast=o.autocast, compile=o.compile,
-                            equal_n_splits=o.equal_n_splits)
+                            equal_n_splits=o.equal_n_splits, guidance=guide)
     result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, o.cache_dir))
     if o.write:
         record_result(model.path, result, protocol=(o.num_samples == len(real.images)))

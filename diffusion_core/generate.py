@@ -11,6 +11,7 @@ import torch
 
 from . import runtime
 from .checkpoint import LoadedModel
+from .guidance import Guidance
 from .interpolation import Method, interpolate
 from .model import AUTO, Denoiser
 from .samplers import (REGISTRY, NoiseSource, SamplerConfig, StepState, check_steps, ddim_invert, sample, sample_steps,
@@ -33,14 +34,16 @@ def check_sampler(model: LoadedModel, config: SamplerConfig) -> None:
 
 def step_states(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
                 autocast: torch.dtype | str | None = AUTO, per_image_noise: bool = True,
-                denoiser: Denoiser | None = None) -> Iterator[StepState]:
+                denoiser: Denoiser | None = None, guidance: Guidance | None = None) -> Iterator[StepState]:
     """The sampler's step generator for these seeds on the model's device (see NoiseSource for
-    ``per_image_noise``), with ``denoiser`` if given (else the model's, under ``autocast``)."""
+    ``per_image_noise``), with ``denoiser`` if given (else the model's, under ``autocast``, guided
+    by ``guidance`` if given)."""
     if not seeds:
         raise ValueError("give at least one seed")
     x_T = seed_noise(seeds, model.image_shape, model.device)
     noise = NoiseSource(seeds, model.device, per_image_noise)
-    return sample_steps(denoiser or runtime.denoiser(model, autocast), model.experiment.schedule, x_T, config, noise)
+    denoiser = denoiser or runtime.denoiser(model, autocast, guidance=guidance)
+    return sample_steps(denoiser, model.experiment.schedule, x_T, config, noise)
 
 
 def compile_pays(model: LoadedModel, num_images: int, config: SamplerConfig,
@@ -66,15 +69,17 @@ def compile_pays(model: LoadedModel, num_images: int, config: SamplerConfig,
 
 def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
              autocast: torch.dtype | str | None = AUTO, per_image_noise: bool = True,
-             compile: bool | None = None) -> np.ndarray:
+             compile: bool | None = None, guidance: Guidance | None = None) -> np.ndarray:
     """Samples for ``seeds`` as uint8 [N x H x W x 3]; large requests run in chunks.
-    ``compile``: a compiled network (``runtime.denoiser``); None decides by ``compile_pays``."""
+    ``compile``: a compiled network (``runtime.denoiser``); None decides by ``compile_pays``.
+    ``guidance``: autoguided by a checked guide (``guidance.guidance``)."""
     if len(seeds) == 0:
         raise ValueError("give at least one seed")
     check_sampler(model, config)
     if compile is None:
-        compile = compile_pays(model, len(seeds), config, autocast)
-    denoiser = runtime.denoiser(model, autocast, compile)
+        guided = guidance is not None and guidance.active  # two network calls per step
+        compile = compile_pays(model, len(seeds) * (2 if guided else 1), config, autocast)
+    denoiser = runtime.denoiser(model, autocast, compile, guidance)
     chunk = _chunk_size(model)
     out = []
     for i in range(0, len(seeds), chunk):
@@ -101,10 +106,10 @@ def latent_to_pixels(model: LoadedModel, x: torch.Tensor) -> np.ndarray:
     return model.normalization.to_pixels(x)
 
 
-def trajectory(model: LoadedModel, seed: int, config: SamplerConfig) -> Trajectory:
+def trajectory(model: LoadedModel, seed: int, config: SamplerConfig, guidance: Guidance | None = None) -> Trajectory:
     xs, x0s, times, signal, noise = [], [], [], [], []
     state = None
-    for state in step_states(model, [seed], config):
+    for state in step_states(model, [seed], config, guidance=guidance):
         xs.append(latent_to_pixels(model, state.x_t)[0])
         x0s.append(model.normalization.to_pixels(state.pred_x0)[0])
         times.append(state.t)
@@ -116,9 +121,10 @@ def trajectory(model: LoadedModel, seed: int, config: SamplerConfig) -> Trajecto
 
 def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, method: Method,
                          config: SamplerConfig, keys: torch.Tensor | None = None,
-                         autocast: torch.dtype | str | None = AUTO) -> np.ndarray:
+                         autocast: torch.dtype | str | None = AUTO, guidance: Guidance | None = None) -> np.ndarray:
     """Decode ``frames`` latents on the path through the seeds' noise (or given ``keys``
-    [K x C x H x W]) with a deterministic sampler. Returns uint8 [frames x H x W x 3]."""
+    [K x C x H x W]) with a deterministic sampler, autoguided by ``guidance`` if given.
+    Returns uint8 [frames x H x W x 3]."""
     if config.stochastic:
         usable = ", ".join(f"{s.name} (eta 0)" if s.uses_eta else s.name for s in REGISTRY.values() if not s.stochastic)
         raise ValueError(f"interpolation needs a deterministic sampler: {usable}")
@@ -128,9 +134,10 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
         keys = seed_noise(seeds, model.image_shape)
     path = interpolate(keys.cpu(), frames, method).to(model.device)
     chunk = _chunk_size(model)
+    denoiser = runtime.denoiser(model, autocast, guidance=guidance)
     out = []
     for i in range(0, len(path), chunk):
-        steps = sample_steps(runtime.denoiser(model, autocast), model.experiment.schedule, path[i:i + chunk], config)
+        steps = sample_steps(denoiser, model.experiment.schedule, path[i:i + chunk], config)
         out.append(model.normalization.to_pixels(sample(steps)))
     return np.concatenate(out)
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from .checkpoint import LoadedModel
 from .folding import fold_batchnorm
+from .guidance import Guidance, GuidedDenoiser
 from .model import AUTO, Denoiser, module_device, sampling_autocast
 from .unet import UNet
 
@@ -93,11 +94,17 @@ def _build_fused(network: UNet) -> nn.Module | None:
         return None
 
 
-def denoiser(model: LoadedModel, autocast: torch.dtype | str | None = AUTO, compile: bool = False) -> Denoiser:
+def denoiser(model: LoadedModel, autocast: torch.dtype | str | None = AUTO, compile: bool = False,
+             guidance: Guidance | None = None) -> Denoiser | GuidedDenoiser:
     """The model's Denoiser. ``compile``: the fused kernels where they run (``runs_fused``), else
     the folded network through torch.compile; otherwise the folded network eagerly. If building
     the fused network fails, the Denoiser runs the folded network eagerly; if the fused or compiled
-    network fails at a call, the Denoiser says so and runs eagerly from then on."""
+    network fails at a call, the Denoiser says so and runs eagerly from then on. With an active
+    ``guidance`` (w != 1, a guide checked by ``guidance.guidance``): the autoguided denoiser of
+    this model and the guide's, each run as above."""
+    if guidance is not None and guidance.active:
+        return GuidedDenoiser(denoiser(model, autocast, compile), denoiser(guidance.guide, autocast, compile),
+                              guidance.weight)
     network = sampling_network(model)
     prediction = model.experiment.train.prediction
     if compile and runs_fused(model, autocast):

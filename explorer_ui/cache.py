@@ -32,6 +32,7 @@ from diffusion_core import fid
 from diffusion_core import generate as G
 from diffusion_core.checkpoint import LoadedModel, load_checkpoint
 from diffusion_core.evaluation import cached_features
+from diffusion_core.guidance import guidance
 from diffusion_core.images import gif_bytes, make_grid
 from diffusion_core.samplers import SamplerConfig, StepState
 
@@ -65,12 +66,14 @@ def read_log(path: str, stamps: tuple) -> dict[str, list[float]]:
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner="Sampling...")
 def sample_images(request: GridRequest) -> tuple[np.ndarray, float]:
-    """uint8 [N x H x W x 3] samples of the request's seeds and the seconds they took."""
+    """uint8 [N x H x W x 3] samples of the request's seeds (autoguided when it names a guide) and
+    the seconds they took."""
     MISSES["sample"] += 1
     model = get_model(request.model)
+    guide = guidance(model, get_model(request.guide), request.guidance) if request.guide is not None else None
     with compute.inference(request.model.device):
         start = time.perf_counter()
-        images = G.generate(model, list(request.seeds), request.sampler)
+        images = G.generate(model, list(request.seeds), request.sampler, guidance=guide)
         return images, time.perf_counter() - start
 
 

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from diffusion_core.checkpoint import (CheckpointError, experiment_from_description, read_description,
                                        read_description_file)
 from diffusion_core.files import header_tensors, validate_tensors
+from diffusion_core.guidance import description_mismatches
 from diffusion_core.networks import build_network
 
 FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
@@ -277,6 +278,13 @@ def description_row(label: str, description: dict[str, Any]) -> dict[str, Any]:
 def table_row(entry: Entry) -> dict[str, Any]:
     """The experiments table's row of a usable checkpoint: its weights are at hand."""
     return description_row(entry.label, entry.description or {}) | {"weights": SHIPPED}
+
+
+def guides(entries: Iterable[Entry], main: Entry) -> list[Entry]:
+    """The usable checkpoints of ``entries`` that can guide ``main`` (autoguidance: the same
+    schedule, normalisation, resolution and channels; ``guidance.description_mismatches``)."""
+    return [e for e in entries if e.usable and e.path != main.path and main.description is not None
+            and not description_mismatches(main.description, e.description)]
 
 
 def best_index(entries: Iterable[Entry]) -> int:

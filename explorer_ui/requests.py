@@ -10,11 +10,13 @@ record that a button approved. Nothing is turned into a tuple and back.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from diffusion_core.guidance import MAX_GUIDANCE, NO_GUIDANCE, check_guide, check_weight
 from diffusion_core.samplers import SamplerConfig, check_steps
 
 from . import catalog, plans
@@ -39,15 +41,18 @@ def model_ref(entry: catalog.Entry, device: str) -> ModelRef:
 
 @dataclass(frozen=True)
 class GridRequest:
-    """Samples of ``seeds`` (one image each) from one model with one sampler."""
+    """Samples of ``seeds`` (one image each) from one model with one sampler; with a ``guide``,
+    autoguided at weight ``guidance`` (``diffusion_core.guidance``)."""
 
     model: ModelRef
     seeds: tuple[int, ...]
     sampler: SamplerConfig
+    guide: ModelRef | None = None  # set only with guidance != 1 (w = 1 is the model alone)
+    guidance: float = NO_GUIDANCE
 
     @property
     def evaluations(self) -> int:
-        """Network evaluations of one image each (images x steps), for time estimates."""
+        """Network evaluations of one image each (images x steps) of each model, for time estimates."""
         return len(self.seeds) * self.sampler.num_steps
 
 
@@ -117,6 +122,39 @@ def sweep(ref: ModelRef, model: LoadedModel, first_seed: int, count: int, steps:
         raise ValueError("choose at least one step count")
     plans.check_grid(count * len(steps), model.experiment.network.image_size)
     return tuple(grid(ref, model, first_seed, count, SamplerConfig(sampler, int(s))) for s in sorted(steps))
+
+
+MAX_GUIDANCE_ROWS = 8  # weights in one guided grid, a row each
+
+
+def parse_weights(text: str) -> tuple[float, ...]:
+    """"2" or "1, 1.5, 2" (commas or spaces) -> guidance weights, each checked, at most
+    MAX_GUIDANCE_ROWS, repeats dropped."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise ValueError("give a guidance weight, e.g. 2, or several, e.g. 1, 1.5, 2")
+    weights = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a guidance weight (a number from 0 to {MAX_GUIDANCE:g})") from None
+        weights.append(check_weight(value))
+    weights = tuple(dict.fromkeys(weights))
+    if len(weights) > MAX_GUIDANCE_ROWS:
+        raise ValueError(f"at most {MAX_GUIDANCE_ROWS} guidance weights (a grid row each), got {len(weights)}")
+    return weights
+
+
+def guided_rows(request: GridRequest, model: LoadedModel, guide_ref: ModelRef, guide: LoadedModel,
+                weights: Sequence[float]) -> tuple[GridRequest, ...]:
+    """One grid per weight (the same seeds and sampler), the rows of a guided grid: ``request``
+    autoguided by ``guide`` (which must fit ``model``: ``check_guide``); w = 1 is ``request`` as it
+    is. All rows together must fit one grid."""
+    check_guide(model, guide)
+    plans.check_grid(len(request.seeds) * len(weights), model.experiment.network.image_size)
+    return tuple(request if w == NO_GUIDANCE else dataclasses.replace(request, guide=guide_ref, guidance=w)
+                 for w in (check_weight(w) for w in weights))
 
 
 def trajectory(ref: ModelRef, model: LoadedModel, seed: int, sampler: SamplerConfig) -> TrajectoryRequest:
