@@ -62,8 +62,9 @@ with left:
 request, sampler, seeds = choice.request, choice.request.sampler, choice.request.seeds
 
 with right, widgets.guard("Sampling"):
-    if widgets.ready("sample_approved", request, widgets.estimate([choice.model], request.evaluations)):
-        images, seconds = cache.sample_images(request)
+    if widgets.ready("sample_approved", request, [choice.model], request.evaluations):
+        with widgets.running("sample_approved", request, request.evaluations, "Sampling") as job:
+            images, seconds = cache.sample_images(request, job)
         grid = make_grid(images, cols=choice.cols)
         widgets.show(grid, target=720)
         size = choice.model.experiment.network.image_size
