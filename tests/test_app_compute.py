@@ -278,3 +278,13 @@ def test_a_second_visitor_waits_one_step_not_a_whole_job(tmp_path):
           f"{long_before:.2f} s), {after * 1000:.1f} ms with the lock per step (long job {long_after:.2f} s)")
     assert before > 0.5 * long_before  # it waited for most of the long job
     assert after < before / 10
+
+
+def test_progress_of_a_computation_is_not_replayed_from_the_cache(monkeypatch, folder):
+    """The progress bar lives on the page: a cached result shown again replays none of its updates
+    (a replayed update of an element outside the cached function is an error)."""
+    at = open_app(monkeypatch, folder, "sample")
+    first = at.image[0].value
+    at.run()  # the same request: from the cache
+    assert not at.exception and not at.error and len(at.image) == 1
+    assert at.image[0].value == first and len(at.get("progress")) == 0
