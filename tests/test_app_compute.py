@@ -288,3 +288,10 @@ def test_progress_of_a_computation_is_not_replayed_from_the_cache(monkeypatch, f
     at.run()  # the same request: from the cache
     assert not at.exception and not at.error and len(at.image) == 1
     assert at.image[0].value == first and len(at.get("progress")) == 0
+
+
+def test_live_page_keeps_to_the_budget(monkeypatch, folder):
+    monkeypatch.setenv(compute.MAX_GFLOP_ENV, "0.1")
+    at = open_app(monkeypatch, folder, "live")
+    assert not at.exception and len(at.image) == 0
+    assert "this server allows 0 GFLOP per request" in at.error[0].value
