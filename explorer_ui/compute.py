@@ -10,9 +10,9 @@ intra-op thread, so two sessions computing at once split the cores, oversubscrib
 and double peak memory; on a GPU two large batches at once can run out of memory. So each device
 has one lock, held for one sampling step at a time (``stepwise``), never for a whole request: a
 visitor who asks for a 1000-step grid shares the device step by step with everyone who comes
-later. The lock is a ``FairLock`` (first come, first served): a plain ``threading.Lock`` lets the
-thread that just released it take it again at once, so the first visitor's job would still run
-to its end before a second visitor's first step.
+later. The lock is a ``FairLock`` (first come, first served): a plain ``threading.Lock`` may go
+again to the thread that just released it, before a waiting thread wakes, so nothing bounds a
+waiter's turn; a ``FairLock`` hands it to the oldest waiter.
 
 A ``Job`` is one visitor's action as the steps see it: it counts them (progress and ETA), and
 stops the work at the next step, with ``Stopped``, when its visitor pressed Stop or left.
