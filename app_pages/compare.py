@@ -29,12 +29,14 @@ else:
     a, b, c = st.columns(3)
     seed, count = widgets.seed_inputs("cmp", count0, where=a)
     steps = widgets.steps_input("cmp", steps0, limit, where=b)
-    cols = int(c.number_input("Grid columns", min_value=1, max_value=16, value=min(count0, 2), key="cmp_cols"))
+    cols = int(c.number_input("Grid columns", min_value=1, max_value=16,
+                              key=widgets.preset("cmp_cols", min(count0, 2))))
     with widgets.guard("Comparing"):
         grids = tuple(requests.grid(ref, model, seed, count, SamplerConfig(SAMPLER, steps)) for ref, model in loaded)
-        if widgets.ready("cmp_approved", grids, widgets.estimate(models, count * steps)):
-            for request, model, label, col in zip(grids, models, chosen, st.columns(len(grids))):
-                images, seconds = cache.sample_images(request)
+        if widgets.ready("cmp_approved", grids, models, count * steps):
+            with widgets.running("cmp_approved", grids, len(grids) * count * steps, "Comparing") as job:
+                results = [cache.sample_images(request, job) for request in grids]
+            for (images, seconds), model, label, col in zip(results, models, chosen, st.columns(len(grids))):
                 size = model.experiment.network.image_size
                 with col:
                     widgets.show(make_grid(images, cols=cols), f"{label} ({size} px, {seconds:.1f} s)",
@@ -51,13 +53,14 @@ with left:
     choices = plans.sweep_steps(step_limit(SAMPLER, model.experiment.schedule))
     default = plans.sweep_default(choices, widgets.gflops(model), widgets.current_device(), compute.threads(),
                                   share=0.5)
-    sweep = st.multiselect("DDIM steps", choices, default=default, key="sweep_steps")
+    sweep = st.multiselect("DDIM steps", choices, key=widgets.preset("sweep_steps", default))
     seed, count = widgets.seed_inputs("sweep", 1)
 with right, widgets.guard("Step sweep"):
     grids = requests.sweep(ref, model, seed, count, [int(s) for s in sweep], SAMPLER)
-    seconds = widgets.estimate([model], sum(g.evaluations for g in grids))
-    if widgets.ready("sweep_approved", grids, seconds, "Run sweep"):
-        cells = np.stack([cache.sample_images(g)[0] for g in grids], axis=1)  # [seeds x steps x H x W x 3]
+    evaluations = sum(g.evaluations for g in grids)
+    if widgets.ready("sweep_approved", grids, [model], evaluations, "Run sweep"):
+        with widgets.running("sweep_approved", grids, evaluations, "Step sweep") as job:
+            cells = np.stack([cache.sample_images(g, job)[0] for g in grids], axis=1)  # [seeds x steps x H x W x 3]
         seeds = grids[0].seeds
         grid = pictures.labelled_grid(cells, [f"{g.sampler.num_steps} steps" for g in grids],
                                       [f"seed {s}" for s in seeds])

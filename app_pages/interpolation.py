@@ -4,9 +4,11 @@ images, DDIM-inverted), side by side as strips and animations."""
 import numpy as np
 import streamlit as st
 
-from diffusion_core.data import decode_image
+from diffusion_core.data import IMAGE_EXTENSIONS, decode_image
 from diffusion_core.images import make_grid
 from explorer_ui import cache, plans, requests, widgets
+
+UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]  # the formats the training data loader reads
 
 
 def inversion_request(choice: widgets.ModelChoice, uploads: list, steps: int) -> requests.InversionRequest:
@@ -33,7 +35,8 @@ with left:
                                  key="interp_frames"))
     sampler = widgets.sampler_inputs("interp", choice, deterministic=True)
     uploads = st.file_uploader("Or start from two images (DDIM inversion)", accept_multiple_files=True,
-                               key="interp_upload", help="Each is centre-cropped and resized to the model's size.")
+                               type=UPLOAD_TYPES, key="interp_upload",
+                               help="PNG, JPEG or WebP; each is centre-cropped and resized to the model's size.")
     start = None
     if uploads:
         start = widgets.valid("Interpolating", lambda: inversion_request(choice, uploads, sampler.steps))
@@ -44,15 +47,20 @@ with right, widgets.guard("Interpolating"):
     model, steps = choice.model, sampler.steps
     approved = True
     if start is not None:
-        approved = widgets.ready("interp_inv_approved", start, widgets.estimate([model], 4 * steps), "Invert")
+        images = start.images.shape[0] * cache.inversion_steps(start)  # image-steps of the inversion
+        approved = widgets.ready("interp_inv_approved", start, [model], images * cache.INVERSION_CALLS_PER_STEP,
+                                 "Invert")
         if approved:
-            _, recon = cache.inversion(start)
+            with widgets.running("interp_inv_approved", start, images, "Inverting") as job:
+                _, recon = cache.inversion(start, job)
             st.caption("Uploaded images (top) and their DDIM reconstructions from the inverted noise (bottom)")
             widgets.show(make_grid(np.concatenate([start.images.array(), recon]), cols=2), target=256)
-    if approved and widgets.ready("interp_approved", request, widgets.estimate([model], 2 * frames * steps)):
+    if approved and widgets.ready("interp_approved", request, [model], 2 * frames * steps):
         scale = max(1, 192 // model.experiment.network.image_size)
+        with widgets.running("interp_approved", request, 2 * frames * steps, "Interpolating") as job:
+            strips = {method: cache.interpolation(request, method, job) for method in ("slerp", "lerp")}
         for method, col in zip(("slerp", "lerp"), st.columns(2)):
-            strip = cache.interpolation(request, method)
+            strip = strips[method]
             with col:
                 st.subheader(method)
                 st.image(cache.gif(strip, scale), caption=f"{method}: {frames} frames, animated")

@@ -14,7 +14,7 @@ import streamlit as st
 from diffusion_core import generate as G
 from diffusion_core.images import make_grid, png_bytes
 from diffusion_core.samplers import StepState
-from explorer_ui import cache, pictures, widgets
+from explorer_ui import cache, compute, pictures, widgets
 
 entries = widgets.usable_or_stop()
 left, right = st.columns([1, 3])
@@ -60,6 +60,7 @@ def show_or_run() -> None:
         return
     st.session_state["live_stop_requested"] = False
     with widgets.guard("Live sampling"):
+        compute.check_budget(widgets.cost([model], request.evaluations))
         cols, t0 = math.ceil(math.sqrt(len(request.seeds))), time.perf_counter()
         for state in cache.live_steps(request):
             if st.session_state.get("live_stop_requested"):

@@ -91,9 +91,10 @@ with left:
 request, sampler, seeds = choice.request, choice.request.sampler, choice.request.seeds
 
 with right, widgets.guard("Sampling"):
-    seconds = sum(widgets.estimate(models if r.guide else models[:1], r.evaluations) for r in rows)
-    if widgets.ready("sample_approved", rows, seconds):
-        done = [cache.sample_images(r) for r in rows]
+    evaluations = sum(r.evaluations for r in rows)
+    if widgets.ready("sample_approved", rows, models if rows[0].guide else models[:1], evaluations):
+        with widgets.running("sample_approved", rows, evaluations, "Sampling") as job:
+            done = [cache.sample_images(r, job) for r in rows]
         images, seconds = np.concatenate([d[0] for d in done]), sum(d[1] for d in done)
         grid = make_grid(images, cols=len(seeds) if len(rows) > 1 else choice.cols)
         widgets.show(grid, target=720)

@@ -16,8 +16,9 @@ with left:
 
 with right, widgets.guard("Recording the trajectory"):
     steps, size = request.sampler.num_steps, choice.model.experiment.network.image_size
-    if widgets.ready("traj_approved", request, widgets.estimate([choice.model], steps)):
-        traj = cache.trajectory(request)  # cached: moving the slider below never re-runs the model
+    if widgets.ready("traj_approved", request, [choice.model], steps):
+        with widgets.running("traj_approved", request, steps, "Recording the trajectory") as job:
+            traj = cache.trajectory(request, job)  # cached: moving the slider below never re-runs the model
         last = len(traj.pred_x0)  # S steps; index S is the finished sample
         if st.session_state.get("traj_step", last) > last:
             st.session_state["traj_step"] = last

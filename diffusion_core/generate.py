@@ -4,7 +4,7 @@ seeds, invert an image. Shared by the CLI and the app; returns uint8 arrays [N x
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -14,12 +14,20 @@ from .checkpoint import LoadedModel
 from .guidance import Guidance
 from .interpolation import Method, interpolate
 from .model import AUTO, Denoiser
-from .samplers import (REGISTRY, NoiseSource, SamplerConfig, StepState, check_steps, ddim_invert, sample, sample_steps,
-                       seed_noise)
+from .samplers import (REGISTRY, NoiseSource, SamplerConfig, StepState, check_steps, ddim_invert_steps, sample,
+                       sample_steps, seed_noise)
 
 MAX_BATCH_PIXELS = 64 * 128 * 128  # images per network call are chunked to bound memory
 FUSED_MIN_CALLS = 1_000  # network calls from which generate() runs the fused kernels on CUDA (see compile_pays)
 COMPILE_MIN_CALLS = 10_000  # ... or, where they cannot run, torch.compile
+
+# How a caller drives a step generator: it receives each sampler loop and yields its states (the
+# app takes a lock per step, shows progress and stops a job whose visitor left); None drains it as is.
+Drive = Callable[[Iterator[StepState]], Iterator[StepState]]
+
+
+def _driven(steps: Iterator[StepState], drive: Drive | None) -> Iterator[StepState]:
+    return steps if drive is None else drive(steps)
 
 
 def _chunk_size(model: LoadedModel) -> int:
@@ -69,10 +77,11 @@ def compile_pays(model: LoadedModel, num_images: int, config: SamplerConfig,
 
 def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
              autocast: torch.dtype | str | None = AUTO, per_image_noise: bool = True,
-             compile: bool | None = None, guidance: Guidance | None = None) -> np.ndarray:
-    """Samples for ``seeds`` as uint8 [N x H x W x 3]; large requests run in chunks.
-    ``compile``: a compiled network (``runtime.denoiser``); None decides by ``compile_pays``.
-    ``guidance``: autoguided by a checked guide (``guidance.guidance``)."""
+             compile: bool | None = None, guidance: Guidance | None = None,
+             drive: Drive | None = None) -> np.ndarray:
+    """Samples for ``seeds`` as uint8 [N x H x W x 3]; large requests run in chunks, each chunk's
+    steps through ``drive``. ``compile``: a compiled network (``runtime.denoiser``); None decides
+    by ``compile_pays``. ``guidance``: autoguided by a checked guide (``guidance.guidance``)."""
     if len(seeds) == 0:
         raise ValueError("give at least one seed")
     check_sampler(model, config)
@@ -83,8 +92,8 @@ def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
     chunk = _chunk_size(model)
     out = []
     for i in range(0, len(seeds), chunk):
-        x0 = sample(step_states(model, list(seeds[i:i + chunk]), config, per_image_noise=per_image_noise,
-                                denoiser=denoiser))
+        x0 = sample(_driven(step_states(model, list(seeds[i:i + chunk]), config, per_image_noise=per_image_noise,
+                                        denoiser=denoiser), drive))
         out.append(model.normalization.to_pixels(x0))
     return np.concatenate(out)
 
@@ -106,10 +115,12 @@ def latent_to_pixels(model: LoadedModel, x: torch.Tensor) -> np.ndarray:
     return model.normalization.to_pixels(x)
 
 
-def trajectory(model: LoadedModel, seed: int, config: SamplerConfig, guidance: Guidance | None = None) -> Trajectory:
+def trajectory(model: LoadedModel, seed: int, config: SamplerConfig, guidance: Guidance | None = None,
+               drive: Drive | None = None) -> Trajectory:
+    """Every step of one seed's denoising (the steps through ``drive``)."""
     xs, x0s, times, signal, noise = [], [], [], [], []
     state = None
-    for state in step_states(model, [seed], config, guidance=guidance):
+    for state in _driven(step_states(model, [seed], config, guidance=guidance), drive):
         xs.append(latent_to_pixels(model, state.x_t)[0])
         x0s.append(model.normalization.to_pixels(state.pred_x0)[0])
         times.append(state.t)
@@ -121,9 +132,11 @@ def trajectory(model: LoadedModel, seed: int, config: SamplerConfig, guidance: G
 
 def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, method: Method,
                          config: SamplerConfig, keys: torch.Tensor | None = None,
-                         autocast: torch.dtype | str | None = AUTO, guidance: Guidance | None = None) -> np.ndarray:
+                         autocast: torch.dtype | str | None = AUTO, guidance: Guidance | None = None,
+                         drive: Drive | None = None) -> np.ndarray:
     """Decode ``frames`` latents on the path through the seeds' noise (or given ``keys``
-    [K x C x H x W]) with a deterministic sampler, autoguided by ``guidance`` if given.
+    [K x C x H x W]) with a deterministic sampler, autoguided by ``guidance`` if given (the steps
+    through ``drive``).
     Returns uint8 [frames x H x W x 3]."""
     if config.stochastic:
         usable = ", ".join(f"{s.name} (eta 0)" if s.uses_eta else s.name for s in REGISTRY.values() if not s.stochastic)
@@ -138,15 +151,16 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
     out = []
     for i in range(0, len(path), chunk):
         steps = sample_steps(denoiser, model.experiment.schedule, path[i:i + chunk], config)
-        out.append(model.normalization.to_pixels(sample(steps)))
+        out.append(model.normalization.to_pixels(sample(_driven(steps, drive))))
     return np.concatenate(out)
 
 
 def invert(model: LoadedModel, images: np.ndarray, num_steps: int,
-           fixed_point_iterations: int = 3) -> tuple[torch.Tensor, np.ndarray]:
+           fixed_point_iterations: int = 3, drive: Drive | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """DDIM-invert uint8 images [N x H x W x 3] to their starting noise [N x C x H x W] and
     return it with the DDIM (eta 0) reconstruction from that noise, uint8. Costs
-    num_steps * (1 + fixed_point_iterations) + num_steps network calls."""
+    num_steps * (1 + fixed_point_iterations) + num_steps network calls, in 2 * num_steps steps
+    (the inversion's, then the reconstruction's), each through ``drive``."""
     config = SamplerConfig("ddim", num_steps, 0.0)
     check_sampler(model, config)
     size = model.experiment.network.image_size
@@ -155,6 +169,7 @@ def invert(model: LoadedModel, images: np.ndarray, num_steps: int,
     x0 = model.normalization.to_model(torch.from_numpy(images).permute(0, 3, 1, 2).to(model.device))
     # float32 everywhere: inversion's fixed-point refinement amplifies bf16 error
     denoiser = runtime.denoiser(model, None)
-    x_T = ddim_invert(denoiser, model.experiment.schedule, x0, num_steps, fixed_point_iterations)
-    recon = sample(sample_steps(denoiser, model.experiment.schedule, x_T, config))
+    x_T = sample(_driven(ddim_invert_steps(denoiser, model.experiment.schedule, x0, num_steps,
+                                           fixed_point_iterations), drive))
+    recon = sample(_driven(sample_steps(denoiser, model.experiment.schedule, x_T, config), drive))
     return x_T, model.normalization.to_pixels(recon)

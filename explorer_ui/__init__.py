@@ -5,7 +5,8 @@ Map: ``catalog`` finds checkpoints and reads their descriptions and logs (no str
 builds plotly figures from plain data (no streamlit); ``neighbours`` finds a sample's nearest
 training images in FID-Inception feature space (no streamlit); ``requests`` holds what a page asks
 for, as frozen records validated once (no streamlit); ``compute`` configures torch threads and
-owns the inference locks; ``cache`` is the one place with ``st.cache_resource`` (models) and
+owns the inference locks (taken per sampling step), the per-request compute budget and the
+measured speed that time estimates use (no streamlit); ``cache`` is the one place with ``st.cache_resource`` (models) and
 ``st.cache_data`` (arrays, keyed on the requests); ``widgets`` holds the sidebar, pickers, the
 inputs that end in a request, image display and the error guard that every page action runs under.
 

@@ -7,8 +7,10 @@ loaded afresh. A ``LoadedModel`` is frozen and in eval mode; nothing here mutate
 ``st.cache_data`` holds arrays (sample grids, trajectories, interpolation frames, inversions),
 keyed by the page's request itself (``requests``: the model's identity and every parameter), so
 sessions share results only when they asked for exactly the same thing. Figures are never cached:
-pages build them from these arrays on every run. Every computation holds the device's inference
-lock (``compute.inference``; the reason is in that module).
+pages build them from these arrays on every run. Every sampling step holds the device's inference
+lock, one step at a time (``compute.stepwise``; the reason is in that module). A computation takes
+the page's ``compute.Job`` as ``_job`` (not part of the key): it shows progress and ends the
+computation, uncached, when the visitor stops or leaves.
 
 The Sample page's nearest training images use the FID Inception network (``st.cache_resource``,
 keyed by its weights file) and the features of a checkpoint's training images (``st.cache_data``,
@@ -36,7 +38,7 @@ from diffusion_core.guidance import guidance
 from diffusion_core.images import gif_bytes, make_grid
 from diffusion_core.samplers import SamplerConfig, StepState
 
-from . import catalog, compute, neighbours
+from . import catalog, compute, neighbours, plans
 from .requests import GridRequest, InterpolationRequest, InversionRequest, ModelRef, TrajectoryRequest
 
 MISSES: Counter[str] = Counter()
@@ -64,17 +66,25 @@ def read_log(path: str, stamps: tuple) -> dict[str, list[float]]:
     return catalog.read_log(path)
 
 
-@st.cache_data(max_entries=64, ttl=3600, show_spinner="Sampling...")
-def sample_images(request: GridRequest) -> tuple[np.ndarray, float]:
+def _drive(ref: ModelRef, model: LoadedModel, job: compute.Job | None, calls_per_step: float = 1):
+    """The core's ``drive``: the model's steps one at a time under the device's lock, for ``job``."""
+    return compute.driver(ref.device, plans.gflops_per_image(model.experiment.network), job, calls_per_step)
+
+
+@st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
+def sample_images(request: GridRequest, _job: compute.Job | None = None) -> tuple[np.ndarray, float]:
     """uint8 [N x H x W x 3] samples of the request's seeds (autoguided when it names a guide) and
     the seconds they took."""
     MISSES["sample"] += 1
     model = get_model(request.model)
     guide = guidance(model, get_model(request.guide), request.guidance) if request.guide is not None else None
-    with compute.inference(request.model.device):
-        start = time.perf_counter()
-        images = G.generate(model, list(request.seeds), request.sampler, guidance=guide)
-        return images, time.perf_counter() - start
+    calls = 1.0
+    if guide is not None and guide.active:  # the guide's network runs beside the model's at every step
+        calls += plans.gflops_per_image(guide.guide.experiment.network) / plans.gflops_per_image(model.experiment.network)
+    start = time.perf_counter()
+    images = G.generate(model, list(request.seeds), request.sampler, guidance=guide,
+                        drive=_drive(request.model, model, _job, calls))
+    return images, time.perf_counter() - start
 
 
 PREVIEW_SEEDS, PREVIEW_SAMPLER = (0, 1, 2, 3), SamplerConfig("ddim", 10)
@@ -86,35 +96,44 @@ def preview_grid(ref: ModelRef) -> np.ndarray:
     return make_grid(images, cols=2)
 
 
-@st.cache_data(max_entries=8, ttl=3600, show_spinner="Recording the trajectory...")
-def trajectory(request: TrajectoryRequest) -> G.Trajectory:
+@st.cache_data(max_entries=8, ttl=3600, show_spinner=False)
+def trajectory(request: TrajectoryRequest, _job: compute.Job | None = None) -> G.Trajectory:
     """Every step of one seed's denoising (computed once, then scrubbed from the cache)."""
     MISSES["trajectory"] += 1
     model = get_model(request.model)
-    with compute.inference(request.model.device):
-        return G.trajectory(model, request.seed, request.sampler)
+    return G.trajectory(model, request.seed, request.sampler, drive=_drive(request.model, model, _job))
 
 
-@st.cache_data(max_entries=16, ttl=3600, show_spinner="Inverting the images (DDIM)...")
-def inversion(request: InversionRequest) -> tuple[np.ndarray, np.ndarray]:
+INVERSION_ITERATIONS = 3  # fixed-point refinements per inversion step (G.invert's default)
+# network calls per step, on average over the inversion's steps (1 + iterations) and the reconstruction's (1)
+INVERSION_CALLS_PER_STEP = (INVERSION_ITERATIONS + 2) / 2
+
+
+def inversion_steps(request: InversionRequest) -> int:
+    """Sampler steps of an inversion: the inversion's, then the reconstruction's."""
+    return 2 * request.num_steps
+
+
+@st.cache_data(max_entries=16, ttl=3600, show_spinner=False)
+def inversion(request: InversionRequest, _job: compute.Job | None = None) -> tuple[np.ndarray, np.ndarray]:
     """DDIM-inverted noise float32 [N x C x H x W] of the request's images and their
     reconstructions, uint8 [N x H x W x 3]."""
     MISSES["inversion"] += 1
     model = get_model(request.model)
-    with compute.inference(request.model.device):
-        noise, recon = G.invert(model, request.images.array(), request.num_steps)
+    noise, recon = G.invert(model, request.images.array(), request.num_steps, INVERSION_ITERATIONS,
+                            drive=_drive(request.model, model, _job, INVERSION_CALLS_PER_STEP))
     return noise.float().cpu().numpy(), recon
 
 
-@st.cache_data(max_entries=32, ttl=3600, show_spinner="Interpolating...")
-def interpolation(request: InterpolationRequest, method: str) -> np.ndarray:
+@st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
+def interpolation(request: InterpolationRequest, method: str, _job: compute.Job | None = None) -> np.ndarray:
     """uint8 [frames x H x W x 3] along the ``method`` path through the seeds' noise, or through
     the inverted noise of the request's images."""
     MISSES["interpolation"] += 1
-    keys = None if request.start is None else torch.from_numpy(inversion(request.start)[0])
+    keys = None if request.start is None else torch.from_numpy(inversion(request.start, _job)[0])
     model = get_model(request.model)
-    with compute.inference(request.model.device):
-        return G.interpolation_frames(model, list(request.seeds), request.frames, method, request.sampler, keys)
+    return G.interpolation_frames(model, list(request.seeds), request.frames, method, request.sampler, keys,
+                                  drive=_drive(request.model, model, _job))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -170,14 +189,8 @@ def nearest_training_images(ref: ModelRef, data: neighbours.TrainingData, weight
 def live_steps(request: GridRequest) -> Iterator[StepState]:
     """The steps of the request's sampler, each computed under the device's inference lock (Live
     page: several viewers interleave step by step)."""
-    states = G.step_states(get_model(request.model), list(request.seeds), request.sampler)
-    while True:
-        with compute.inference(request.model.device):
-            try:
-                state = next(states)
-            except StopIteration:
-                return
-        yield state
+    model = get_model(request.model)
+    return _drive(request.model, model, None)(G.step_states(model, list(request.seeds), request.sampler))
 
 
 def log_stamps(path: Path) -> tuple:

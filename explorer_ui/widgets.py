@@ -1,6 +1,9 @@
 """Widgets and display helpers shared by the pages: the sidebar, the checkpoint picker, the
 error guard every action runs under, the inputs that end in a validated request (``requests``),
-image display and the "this will take a while" gate.
+image display, the "this will take a while" gate and the progress bar with its Stop button.
+
+Widgets whose default depends on the model (steps, image count) get it through ``preset``, so the
+box always shows the value that runs.
 
 Settings chosen in the sidebar live under plain session-state keys (``extra_folder``,
 ``device``), copied from the widgets on change, so every page of a session sees them.
@@ -8,13 +11,15 @@ Settings chosen in the sidebar live under plain session-state keys (``extra_fold
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import streamlit as st
@@ -165,8 +170,19 @@ def pick_checkpoint(entries: Sequence[catalog.Entry], key: str, label: str = "Ch
 
 
 def forget(keys: Sequence[str]) -> None:
+    """Drop the values of these widgets; the page's next run ``preset``s them afresh."""
     for k in keys:
         st.session_state.pop(k, None)
+
+
+def preset(key: str, value: Any) -> str:
+    """Give the widget ``key`` the page's default ``value`` unless it holds a value already.
+    Set through session state, because a keyed widget whose default alone changes keeps showing
+    its old value in the browser while the new default runs; a value set here is sent to the
+    browser, so the box shows what runs. Create the widget without ``value``/``default``."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+    return key
 
 
 def load(entry: catalog.Entry) -> tuple[requests.ModelRef, LoadedModel]:
@@ -191,20 +207,94 @@ def default_plan(models: Sequence[LoadedModel], count: int = 4, ladder: Sequence
     return plans.default_plan(cost, current_device(), compute.threads(), count, ladder, limit, share)
 
 
-def estimate(models: Sequence[LoadedModel], evaluations: int) -> float:
-    return sum(plans.estimate_seconds(gflops(m), evaluations, current_device(), compute.threads()) for m in models)
+def cost(models: Sequence[LoadedModel], evaluations: float) -> float:
+    """GFLOP of ``evaluations`` network evaluations of one image (images x steps) on each model."""
+    return sum(gflops(m) for m in models) * evaluations
 
 
-def ready(key: str, params: object, seconds: float, what: str = "Generate") -> bool:
-    """Whether to run an action now: at once when it is quick, else after its button is pressed
-    (the pressed request, ``params``, is remembered, so later reruns show the cached result)."""
-    if seconds <= plans.AUTO_SECONDS or st.session_state.get(key) == params:
+def estimate(models: Sequence[LoadedModel], evaluations: float) -> float:
+    """Seconds for ``evaluations`` (images x steps) on each model, at this process's recent speed."""
+    return compute.estimate_seconds(cost(models, evaluations), current_device())
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def ready(key: str, params: object, models: Sequence[LoadedModel], evaluations: float,
+          what: str = "Generate") -> bool:
+    """Whether to run an action of ``evaluations`` (images x steps) on ``models`` now: never when
+    it is beyond the server's compute budget (ValueError, for ``guard``); at once when it is quick,
+    else after its button is pressed (the pressed request, ``params``, is remembered, so later
+    reruns show the cached result). An action its visitor stopped waits for the button again."""
+    compute.check_budget(cost(models, evaluations))
+    stopped = st.session_state.get(f"{key}_stopped") == params
+    seconds = estimate(models, evaluations)
+    if not stopped and (seconds <= plans.AUTO_SECONDS or st.session_state.get(key) == params):
         return True
-    st.info(f"This takes about {seconds:.0f} s on {current_device()}; press {what} to start.")
-    if st.button(what, key=f"{key}_go", type="primary"):
+    gate = st.empty()
+    with gate.container():
+        st.info(f"{'Stopped. ' if stopped else ''}This takes about {duration(seconds)} on {current_device()} "
+                f"at the recent speed; press {what} to start.")
+        pressed = st.button(what, key=f"{key}_go", type="primary")
+    if pressed:
         st.session_state[key] = params
-        return True
-    return False
+        st.session_state.pop(f"{key}_stopped", None)
+        gate.empty()  # the run replaces the gate
+    return pressed
+
+
+def _stop(key: str, params: object) -> None:
+    st.session_state[f"{key}_stopped"] = params
+    st.session_state.pop(key, None)
+
+
+def _visitor_present() -> Callable[[], bool]:
+    """Whether this script run's browser session is still connected (always, outside a server)."""
+    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not runtime.exists():
+        return lambda: True
+    server, session = runtime.get_instance(), ctx.session_id
+    return lambda: server.is_active_session(session)
+
+
+@contextmanager
+def running(key: str, params: object, evaluations: float, what: str = "Generating") -> Iterator[compute.Job]:
+    """A progress bar with an ETA and a Stop button while the action ``params`` runs its
+    ``evaluations`` image-steps (images x steps; the ``compute.Job`` to pass to ``cache``); both
+    go when it ends.
+    Stop (or the visitor leaving) ends the work at the next step; the page then says so and
+    waits for the action's button (``ready``)."""
+    slot = st.empty()
+    with slot.container():
+        bar = st.progress(0.0, text=f"{what}: starting...")
+        st.button("Stop", key=f"{key}_stop", on_click=_stop, args=(key, params))
+    # The bar belongs to the page, not to the cached computation that moves it: updates run in
+    # the page's context, so the cache records none of them for replay.
+    page = contextvars.copy_context()
+    shown = [0.0]
+
+    def show(job: compute.Job) -> None:
+        now = time.perf_counter()
+        if job.done < job.total and now - shown[0] < 0.1:
+            return
+        shown[0] = now
+        eta = job.eta()
+        left = "" if eta is None else f", about {duration(eta)} left"
+        page.run(bar.progress, job.fraction(), text=f"{what}: {job.fraction():.0%}{left}")
+
+    job = compute.Job(max(1, round(evaluations)), show, _visitor_present())
+    try:
+        yield job
+    except compute.Stopped:
+        _stop(key, params)
+        slot.empty()
+        st.warning(f"{what} stopped at {job.fraction():.0%}.")
+        st.stop()
+    slot.empty()
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -223,18 +313,18 @@ def show(image: np.ndarray, caption: str | None = None, target: int = 256, where
 def seed_inputs(prefix: str, count: int | None = 4, where=None) -> tuple[int, int]:
     """First seed and number of images (None: one seed only)."""
     where = where or st
-    seed = where.number_input("First seed", min_value=0, max_value=plans.MAX_SEED, value=0, step=1,
-                              key=f"{prefix}_seed", help="Image i uses seed first + i: the same seed "
+    seed = where.number_input("First seed", min_value=0, max_value=plans.MAX_SEED, step=1,
+                              key=preset(f"{prefix}_seed", 0), help="Image i uses seed first + i: the same seed "
                               "gives the same image on any machine.")
     if count is None:
         return int(seed), 1
-    n = where.number_input("Images", min_value=1, value=count, step=1, key=f"{prefix}_count",
+    n = where.number_input("Images", min_value=1, step=1, key=preset(f"{prefix}_count", count),
                            help=f"At most {plans.MAX_IMAGES} per grid.")
     return int(seed), int(n)
 
 
 def steps_input(prefix: str, default: int, limit: int, where=None) -> int:
-    return int((where or st).number_input("Sampling steps", value=min(default, limit), step=1, key=f"{prefix}_steps",
+    return int((where or st).number_input("Sampling steps", step=1, key=preset(f"{prefix}_steps", min(default, limit)),
                                           help=f"1 to {limit} for this model's schedule; fewer is faster."))
 
 
@@ -311,7 +401,7 @@ def grid_inputs(entries: Sequence[catalog.Entry], prefix: str, action: str, colu
     seed, count = seed_inputs(prefix, choice.count0)
     cols = None
     if columns:
-        cols = int(st.number_input("Grid columns", min_value=1, max_value=32, value=min(choice.count0, 4), step=1,
-                                   key=f"{prefix}_cols"))
+        cols = int(st.number_input("Grid columns", min_value=1, max_value=32, step=1,
+                                   key=preset(f"{prefix}_cols", min(choice.count0, 4))))
     request = valid(action, lambda: requests.grid(choice.ref, choice.model, seed, count, sampler.config()))
     return GridChoice(choice.entry, choice.model, request, cols)
