@@ -13,10 +13,14 @@ samples eagerly or through torch.compile.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .unet import UNet, UNetConfig
 
@@ -73,3 +77,80 @@ def beyond_limits(config: Any) -> str | None:
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (frozen ones too: an EMA or loaded network has no gradients)."""
     return sum(p.numel() for p in module.parameters())
+
+
+# The budget of a network that a description read from disk may ask for, checked before any real
+# allocation: the reference checkpoints hold 2 to 11 million parameters and need under 100 MiB of
+# activations for one image.
+MAX_PARAMETERS = 250_000_000
+MAX_ACTIVATION_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class NetworkCost:
+    """What a network of a config costs, measured without memory (``network_cost``)."""
+
+    parameters: int
+    activation_bytes: int  # peak bytes of activations alive at once, one float32 image, no gradients
+
+
+class _PeakBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storage that the operations run under it create and that are
+    still referenced, and the peak of that sum (views share their base's storage: counted once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage id -> [tensors referencing it, bytes]
+        self.now = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.live[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.now -= entry[1]
+            del self.live[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key in self.live:
+                    self.live[key][0] += 1
+                else:
+                    self.live[key] = [1, storage.nbytes()]
+                    self.now += storage.nbytes()
+                    self.peak = max(self.peak, self.now)
+                weakref.finalize(t, self._release, key)
+        return out
+
+
+@functools.lru_cache(maxsize=256)
+def network_cost(config: Any) -> NetworkCost:
+    """The parameter count of ``config``'s network and the peak activation memory of one forward
+    pass of one image at the config's size (float32, inference), measured on fake tensors: every
+    tensor has its shape and dtype but meta storage, so nothing is allocated whatever the config
+    asks for. The global random state is left as it was."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    size, channels = config.image_size, config.channels
+    with torch.random.fork_rng(devices=[]), FakeTensorMode():
+        network = build_network(config).eval()
+        x = torch.empty(1, channels, size, size)
+        variance = torch.empty(1)
+        peak = _PeakBytes()
+        with torch.inference_mode(), peak:
+            network(x, variance)
+    return NetworkCost(count_parameters(network), peak.peak)
+
+
+def over_budget(config: Any) -> str | None:
+    """Why a network of ``config`` is too costly to build (``MAX_PARAMETERS``,
+    ``MAX_ACTIVATION_BYTES``), or None."""
+    cost = network_cost(config)
+    if cost.parameters > MAX_PARAMETERS or cost.activation_bytes > MAX_ACTIVATION_BYTES:
+        return (f"the network asks for {cost.parameters:,} parameters (limit {MAX_PARAMETERS:,}) and "
+                f"{cost.activation_bytes / 2**30:.2f} GiB of activations for one {config.image_size}x"
+                f"{config.image_size} image (limit {MAX_ACTIVATION_BYTES / 2**30:g} GiB)")
+    return None
