@@ -270,3 +270,16 @@ def _shown(value: Any) -> str:
     except ValueError:  # holds an integer too long to print
         text = f"a {type(value).__name__}"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read an experiment TOML file; errors name the file and the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment config {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    raw.setdefault("experiment", {}).setdefault("name", path.stem)
+    return ExperimentConfig.from_dict(raw, str(path))
