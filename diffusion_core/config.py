@@ -219,7 +219,8 @@ def check_fields(cls: type, values: dict[str, Any], where: str) -> None:
     bounds = BOUNDS.get(cls, {})
     for key, value in values.items():
         if key in hints:
-            _check_value(f"{where} {key}", hints[key], value, bounds.get(key))
+            _check_value(f"{where} {key}" if where.endswith("]") else f"{where}: {key}", hints[key], value,
+                         bounds.get(key))
 
 
 def _check_value(name: str, hint: Any, value: Any, bound: Bound | None) -> None:
