@@ -186,6 +186,30 @@ def test_network_cost_is_measured_without_memory():
     assert cost.activation_bytes < 1 << 20
 
 
+def test_measuring_in_one_thread_leaves_another_threads_tensors_real():
+    """The app lists checkpoints in one session's thread while another samples: the fake tensors
+    of a measurement must stay in the measuring thread."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    seen = []
+    stop = threading.Event()
+
+    def compute() -> None:
+        while not stop.is_set():
+            t = torch.ones(4) * 2
+            seen.append(not isinstance(t, FakeTensor) and t.sum().item() == 8.0)
+
+    worker = threading.Thread(target=compute)
+    worker.start()
+    try:
+        for width in range(8, 40, 8):  # new configs: measured, not remembered
+            networks.network_cost(UNetConfig(widths=(width, 16), image_size=16, block_depth=1, embedding_dims=6))
+    finally:
+        stop.set()
+        worker.join()
+    assert seen and all(seen)
+
+
 def test_a_description_that_asks_for_an_absurd_network_is_refused_before_allocating(tmp_path):
     good = make_tiny_checkpoint(tmp_path, "good")
     path = hostile(tmp_path, good, "absurd", network(widths=[2048] * 4, image_size=1024, block_depth=8))
