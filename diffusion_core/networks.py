@@ -39,6 +39,25 @@ def _unet_beyond_limits(config: UNetConfig) -> str | None:
     return None
 
 
+def _unet_activation_bound(config: UNetConfig) -> int:
+    """An upper bound of the bytes of every tensor that one float32 forward pass of one image
+    creates (so of the peak of those alive at once): per block at most 12 maps of the most
+    channels a tensor at its level holds (the concatenation of the widest neighbouring level with
+    its skip, plus the embedding), per attention block 12 more and 4 attention matrices per head
+    (HW x HW); per level a pooled and an upsampled map; the stem, embedding and head maps. Cheap:
+    ``over_budget`` measures only the networks this does not prove small."""
+    w, S, E, d = config.widths, config.image_size, config.embedding_dims, config.block_depth
+    total = 4 * (config.channels + E + w[0]) * S * S
+    for k, r in enumerate(config.resolutions):
+        widest = 2 * max(w[max(k - 1, 0):k + 2]) + (E if k == 0 else 0)
+        blocks = 2 * d if k < len(w) - 1 else d
+        per_block = 12 * widest * r * r
+        if r in config.attention_resolutions:
+            per_block += 12 * widest * r * r + 4 * config.attention_heads * (r * r) ** 2
+        total += blocks * per_block + 2 * widest * r * r
+    return 4 * total
+
+
 @dataclass(frozen=True)
 class NetworkKind:
     """One kind of network: its config, its builder, and the size limits of an untrusted config."""
@@ -46,10 +65,12 @@ class NetworkKind:
     config: type  # frozen dataclass of the [network] table; its ``kind`` field defaults to the kind's name
     build: Callable[[Any], nn.Module]  # config -> a freshly initialised network in train mode
     beyond_limits: Callable[[Any], str | None]  # config -> the limits it exceeds, or None
+    # config -> bytes that one image's activations cannot exceed (optional, cheap): spares the measurement
+    activation_bound: Callable[[Any], int] | None = None
 
 
 KINDS: dict[str, NetworkKind] = {
-    "unet": NetworkKind(UNetConfig, UNet, _unet_beyond_limits),  # the reference design (unet.py)
+    "unet": NetworkKind(UNetConfig, UNet, _unet_beyond_limits, _unet_activation_bound),  # the reference design
 }
 
 
@@ -151,7 +172,14 @@ def network_cost(config: Any) -> NetworkCost:
 
 def over_budget(config: Any) -> str | None:
     """Why a network of ``config`` is too costly to build (``MAX_PARAMETERS``,
-    ``MAX_ACTIVATION_BYTES``), or None."""
+    ``MAX_ACTIVATION_BYTES``), or None. A network that its kind's ``activation_bound`` and a
+    parameter count on the meta device prove small is not measured (measuring first loads
+    torch's tracing machinery, seconds per process)."""
+    bound = network_kind(getattr(config, "kind", None)).activation_bound
+    if bound is not None and bound(config) <= MAX_ACTIVATION_BYTES:
+        with torch.device("meta"):
+            if count_parameters(build_network(config)) <= MAX_PARAMETERS:
+                return None
     cost = network_cost(config)
     if cost.parameters > MAX_PARAMETERS or cost.activation_bytes > MAX_ACTIVATION_BYTES:
         return (f"the network asks for {cost.parameters:,} parameters (limit {MAX_PARAMETERS:,}) and "

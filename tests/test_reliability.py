@@ -149,6 +149,9 @@ def test_every_shipped_experiment_is_within_the_bounds_and_the_budget():
     for path in sorted((ROOT / "experiments").glob("*.toml")):
         experiment = load_experiment(path)
         assert networks.over_budget(experiment.network) is None, path.name
+    for path in sorted((ROOT / "checkpoints").glob("*.json")):  # cleared by the bound, without measuring
+        network = ExperimentConfig.from_dict(json.loads(path.read_text())["experiment"]).network
+        assert networks.KINDS["unet"].activation_bound(network) <= networks.MAX_ACTIVATION_BYTES, path.name
 
 
 # ------------------------------------------------------------------- the network's memory budget
@@ -184,6 +187,28 @@ def test_network_cost_is_measured_without_memory():
     # at least the 16x16 map of width 8 and its skip copy concatenated with the width-16 upsampled map
     assert cost.activation_bytes >= (8 + 16) * 16 * 16 * 4
     assert cost.activation_bytes < 1 << 20
+
+
+@pytest.mark.parametrize("widths, size, depth, attention, embedding", [
+    ((8, 16), 16, 1, (), 8), ((8, 16), 16, 3, (8,), 64), ((32, 64, 96, 128), 32, 2, (), 32),
+    ((64, 32, 128), 32, 1, (16,), 8), ((16, 16, 16, 16, 16), 64, 2, (8,), 32), ((8, 64), 32, 1, (32,), 2),
+])
+def test_the_unet_activation_bound_holds_the_measured_peak(widths, size, depth, attention, embedding):
+    config = UNetConfig(widths=widths, image_size=size, block_depth=depth, attention_resolutions=attention,
+                        attention_heads=4 if all(w % 4 == 0 for w in widths) else 1, embedding_dims=embedding)
+    measured = networks.network_cost(config).activation_bytes
+    assert measured <= networks.KINDS["unet"].activation_bound(config)
+
+
+def test_only_networks_the_bound_cannot_clear_are_measured(monkeypatch):
+    measured = []
+    real = networks.network_cost
+    monkeypatch.setattr(networks, "network_cost", lambda c: measured.append(c) or real(c))
+    small = UNetConfig(widths=(8, 16), image_size=16, block_depth=1)
+    assert networks.over_budget(small) is None and measured == []
+    big = UNetConfig(widths=(64, 64), image_size=1024, block_depth=1)  # bound 1.6 GiB: measured
+    assert networks.KINDS["unet"].activation_bound(big) > networks.MAX_ACTIVATION_BYTES
+    assert "GiB of activations" in networks.over_budget(big) and measured == [big]
 
 
 def test_measuring_in_one_thread_leaves_another_threads_tensors_real():
