@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ConfigError, ExperimentConfig
-from .files import atomic_save_tensors, validate_tensors, write_json
+from .files import atomic_save_tensors, file_lock, validate_tensors, write_json
 from .model import PixelNormalization, module_device
-from .networks import beyond_limits, build_network, count_parameters
+from .networks import beyond_limits, build_network, count_parameters, over_budget
 
 FORMAT = "diffusion-explorer/1"
 MAX_DESCRIPTION_BYTES = 1 << 20  # a description is a few KiB; refuse anything absurd
@@ -118,7 +118,7 @@ def read_description_file(jpath: Path) -> dict[str, Any]:
         raise CheckpointError(f"{jpath} is too large to be a checkpoint description")
     try:
         desc = json.loads(jpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, an integer of > 4,300 digits, absurd nesting
         raise CheckpointError(f"{jpath} is not valid JSON: {str(e)[:200]}") from e
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         raise CheckpointError(f"{jpath} is not a diffusion-explorer checkpoint description (format {FORMAT!r} expected)")
@@ -141,16 +141,37 @@ def read_description(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def experiment_from_description(desc: dict[str, Any], where: str) -> ExperimentConfig:
+    """The experiment a description states, every field within its bounds (``config.BOUNDS``) and
+    its network within the size limits and the memory budget (``networks.over_budget``, measured
+    without allocating), so that building it is safe. Raises CheckpointError naming ``where``."""
     try:
         if not isinstance(desc.get("experiment"), dict):
             raise ConfigError("no experiment table")
-        experiment = ExperimentConfig.from_dict(desc["experiment"], where)
-    except (ConfigError, TypeError, ValueError) as e:
+        experiment = ExperimentConfig.from_dict(desc["experiment"], "experiment")
+    except (ConfigError, TypeError, ValueError, ArithmeticError) as e:
         raise CheckpointError(f"{where}: bad experiment description: {e}") from e
     limits = beyond_limits(experiment.network)
     if limits:
         raise CheckpointError(f"{where}: network size beyond this tool's limits {limits}")
+    try:
+        too_costly = over_budget(experiment.network)
+    except Exception as e:  # noqa: BLE001 - a network of this kind that cannot run its own config
+        raise CheckpointError(f"{where}: the described network cannot run ({type(e).__name__}: {str(e)[:200]})") from e
+    if too_costly:
+        raise CheckpointError(f"{where}: {too_costly}")
     return experiment
+
+
+def normalization_from_description(desc: dict[str, Any], where: str) -> PixelNormalization:
+    """The pixel normalisation a description states (three finite means, three finite positive
+    standard deviations). Raises CheckpointError naming ``where``."""
+    try:
+        table = desc.get("normalization", {})
+        if not isinstance(table, dict):
+            raise ValueError("must be a table of mean and std")
+        return PixelNormalization(**table)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"{where}: bad normalization: {e}") from e
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -160,10 +181,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     desc = read_description(stem)
     where = str(stem.with_suffix(".json"))
     experiment = experiment_from_description(desc, where)
-    try:
-        normalization = PixelNormalization(**desc.get("normalization", {}))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: bad normalization: {e}") from e
+    normalization = normalization_from_description(desc, where)
     network = build_network(experiment.network)
     expected = network.state_dict()
     weights: dict[str, torch.Tensor] = {}
@@ -206,17 +224,31 @@ def export_checkpoint(run: str | os.PathLike, dest: str | os.PathLike, shard_byt
                            shard_bytes=shard_bytes)
 
 
-def update_description(path: str | os.PathLike, **entries: Any) -> dict[str, Any]:
-    """Merge ``entries`` into the description (dicts are merged one level deep); atomic."""
+def modify_description(path: str | os.PathLike, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """Read the description, let ``change`` edit it in place, write it back; returns it. The read,
+    the change and the (atomic) write happen under the description's file lock, so writers in
+    other threads or processes (two evaluations of one checkpoint) never lose each other's
+    changes: each reads what the previous one wrote."""
     stem = _stem(path)
-    desc = read_description(stem)
-    for k, v in entries.items():
-        if isinstance(v, dict) and isinstance(desc.get(k), dict):
-            desc[k] = {**desc[k], **v}
-        else:
-            desc[k] = v
-    write_json(stem.with_suffix(".json"), desc)
+    jpath = stem.with_suffix(".json")
+    with file_lock(jpath):
+        desc = read_description(stem)
+        change(desc)
+        write_json(jpath, desc)
     return desc
+
+
+def update_description(path: str | os.PathLike, **entries: Any) -> dict[str, Any]:
+    """Merge ``entries`` into the description (dicts are merged one level deep); atomic, and
+    serialised with other writers (``modify_description``)."""
+    def merge(desc: dict[str, Any]) -> None:
+        for k, v in entries.items():
+            if isinstance(v, dict) and isinstance(desc.get(k), dict):
+                desc[k] = {**desc[k], **v}
+            else:
+                desc[k] = v
+
+    return modify_description(path, merge)
 
 
 def find_checkpoints(folder: str | os.PathLike) -> list[Path]:

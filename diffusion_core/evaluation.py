@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import LoadedModel, load_checkpoint, update_description
+from .checkpoint import LoadedModel, load_checkpoint, modify_description
 from .fid import FeatureExtractor, cache_path, fid_from_features, load_feature_extractor, near_copy_report
 from .files import atomic_write_bytes
 from .generate import generate
@@ -139,22 +139,24 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
 def record_result(path: str | Path, result: dict[str, Any], protocol: bool) -> dict[str, Any]:
     """Append ``result`` to the checkpoint's metrics["evaluations"]; when it follows the project's
     protocol, also set metrics fid/kid/near-copy for tables and the app."""
-    from .checkpoint import read_description
 
-    metrics = dict(read_description(path).get("metrics", {}))
-    keys = ("sampler", "steps", "eta", "num_samples", "guide", "guidance")  # an unguided run has no guide
-    runs = [r for r in metrics.get("evaluations", []) if not all(r.get(k) == result.get(k) for k in keys)]
-    metrics["evaluations"] = runs + [result]
-    if protocol:
-        if "guide" in metrics and "guide" not in result:  # an unguided headline after a guided one
-            metrics.update(guide=None, guidance=NO_GUIDANCE)  # (update_description merges: no key is deleted)
-        metrics.update({k: result[k] for k in ("fid", "kid", "kid_std", "num_samples", "sampler", "steps", "eta",
-                                               "weights", "reference", "equal_n", "guide", "guidance")
-                        if k in result})
-        for k in ("near_copy_share", "near_copy_threshold"):
-            if k in result:
-                metrics[k] = result[k]
-    return update_description(path, metrics=metrics)
+    def record(description: dict[str, Any]) -> None:
+        metrics = dict(description.get("metrics") if isinstance(description.get("metrics"), dict) else {})
+        keys = ("sampler", "steps", "eta", "num_samples", "guide", "guidance")  # an unguided run has no guide
+        runs = [r for r in metrics.get("evaluations", []) if not all(r.get(k) == result.get(k) for k in keys)]
+        metrics["evaluations"] = runs + [result]
+        if protocol:
+            if "guide" in metrics and "guide" not in result:  # an unguided headline after a guided one
+                metrics.update(guide=None, guidance=NO_GUIDANCE)
+            metrics.update({k: result[k] for k in ("fid", "kid", "kid_std", "num_samples", "sampler", "steps", "eta",
+                                                   "weights", "reference", "equal_n", "guide", "guidance")
+                            if k in result})
+            for k in ("near_copy_share", "near_copy_threshold"):
+                if k in result:
+                    metrics[k] = result[k]
+        description["metrics"] = metrics
+
+    return modify_description(path, record)  # under the description's lock: concurrent evaluations all stay
 
 
 @dataclass(frozen=True)

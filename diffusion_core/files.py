@@ -6,6 +6,13 @@ written to a temporary file beside the target, flushed to the disk (fsync), rena
 target, then the folder's entry flushed too. A reader sees the old file or the new one, never
 half of one, and a crash or power cut leaves one of the two.
 
+Leftovers: a writer killed mid-write leaves its temporary file (``.NAME.*.tmp``); the next write
+of the same target removes those older than ``STALE_TEMPORARY_S`` (a live writer keeps writing to
+its own), and ``remove_temporaries`` clears a folder that one process owns (a training run).
+
+Locking: ``file_lock`` serialises read-modify-write cycles on one file across threads and
+processes (an advisory lock on a ``.NAME.lock`` file beside it).
+
 Reading: every dict of tensors read from a file (checkpoint weights, training state, FID Inception
 weights, the app's header check) passes ``validate_tensors`` before use: the names and shapes
 that the network implies, a floating dtype that the network can take (float16, bfloat16 or
@@ -17,14 +24,28 @@ wait forever), a device (``/dev/zero`` never ends) or a folder.
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
 import json
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 import torch
+
+try:
+    import fcntl
+    msvcrt = None
+except ImportError:  # Windows
+    fcntl = None
+    try:
+        import msvcrt
+    except ImportError:
+        msvcrt = None
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what weights may be stored in
 
@@ -105,12 +126,70 @@ def _replace(tmp: str, path: Path) -> None:
     _fsync_folder(path.parent)
 
 
+STALE_TEMPORARY_S = 600.0  # a temporary file unchanged this long belongs to a writer that died
+
+
+def _temporaries(folder: Path, name: str = "*") -> list[Path]:
+    """The temporary files of ``atomic_write`` in ``folder`` (of the target ``name``, or all)."""
+    target = name if name == "*" else glob.escape(name)
+    return [p for p in folder.glob(f".{target}.*.tmp") if p.is_file()]
+
+
+def remove_temporaries(folder: str | os.PathLike, name: str = "*", older_than_s: float = 0.0) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder`` (of the target ``name``,
+    or all), those unchanged for ``older_than_s`` seconds; returns what was deleted."""
+    now, removed = time.time(), []
+    for p in _temporaries(Path(folder), name):
+        try:
+            if now - p.stat().st_mtime >= older_than_s:
+                p.unlink()
+                removed.append(p)
+        except OSError:  # gone meanwhile, or not ours to delete
+            pass
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock for ``path`` (on ``.NAME.lock`` beside it, created if
+    missing and left in place: deleting a lock file races with its next user) for the ``with``
+    block. Blocks until the lock is free; threads of one process exclude each other too (each
+    call opens its own file). Where the system has neither ``fcntl`` nor ``msvcrt``, no lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        elif msvcrt is not None:
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, open (fd, name), once dead writers' temporaries of
+    the same target are removed. The folder is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(path.parent, path.name, STALE_TEMPORARY_S)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """Create or replace ``path`` with what ``write(f)`` writes into a binary file ``f``, atomically
     and durably (see the module doc). The folder is made if missing. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -139,8 +218,7 @@ def atomic_save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.Path
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary(path)
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)

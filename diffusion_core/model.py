@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import sys
 from dataclasses import dataclass
 
@@ -26,8 +27,10 @@ class PixelNormalization:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("normalization needs 3 means and 3 positive standard deviations")
+        values_ok = all(math.isfinite(v) for v in self.mean + self.std) and all(s > 0 for s in self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or not values_ok:
+            raise ValueError(f"normalization needs 3 finite means and 3 finite positive standard deviations, "
+                             f"got mean {list(self.mean)[:4]}, std {list(self.std)[:4]}")
 
     @classmethod
     def from_images(cls, images: np.ndarray) -> "PixelNormalization":

@@ -7,8 +7,10 @@ its state (model, EMA, optimizer, step) continues bit for bit as if it had never
 
 Output folder ``out/``:
     model.json, model.safetensors   EMA weights (fp32) and description: the usable model
-    state.json, state.safetensors   everything to resume (model, EMA, optimizer, step, wall time)
-    log.jsonl                       one JSON object per logged step
+    state-STEP.safetensors          everything to resume (model, EMA, optimizer) at step STEP
+    state.json                      the resume manifest, written last: step, wall time, and the
+                                    name and SHA-256 of the tensors file it goes with
+    log.jsonl                       one JSON object per logged step (cut back to the resumed step)
     samples/epoch_NNNN.png          sample grids (EMA weights, DDIM)
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,8 @@ import torch.nn.functional as F
 from . import diffusion as D
 from .checkpoint import CheckpointError, describe_model, save_checkpoint
 from .config import ConfigError, ExperimentConfig
-from .files import atomic_save_tensors, validate_tensors, write_json
+from .files import (atomic_save_tensors, atomic_write_bytes, remove_temporaries, sha256_file, validate_tensors,
+                    write_json)
 from .images import make_grid, save_png
 from .model import PixelNormalization, pixels_to_model
 from .networks import build_network
@@ -244,6 +248,8 @@ class Trainer:
 
         main = self.rank == 0
         self.out.mkdir(parents=True, exist_ok=True)
+        if main:
+            self.tidy_output()
         stop = self.total_steps if self.opt.max_steps is None else min(self.total_steps, self.opt.max_steps)
         start_step, started = self.step, time.perf_counter()
         bar = tqdm(total=stop, initial=self.step, disable=not (self.opt.progress and main), unit="step",
@@ -375,10 +381,24 @@ class Trainer:
         for i, p in enumerate(self.network.parameters()):
             for k, v in self.optimizer.state.get(p, {}).items():
                 tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        atomic_save_tensors(tensors, self.out / "state.safetensors", {"format": STATE_FORMAT})
+        # one unit: the tensors under a new name first, then the manifest naming them (with their
+        # hash), then the previous tensors go; a kill anywhere leaves a manifest and its own tensors
+        name = f"state-{self.step:08d}.safetensors"
+        atomic_save_tensors(tensors, self.out / name, {"format": STATE_FORMAT})
         write_json(self.out / "state.json", {"format": STATE_FORMAT, "step": self.step, "wall_time_s": self.wall_time,
                                              "last_loss": self.last_loss, "experiment": self.exp.to_dict(),
-                                             "normalization": desc["normalization"], "dataset": self.dataset})
+                                             "normalization": desc["normalization"], "dataset": self.dataset,
+                                             "tensors": name, "sha256": sha256_file(self.out / name)})
+        remove_unlisted_states(self.out, keep=name)
+
+    def tidy_output(self) -> None:
+        """Before training into the output folder: remove what a killed run left there (temporary
+        files, tensors that no manifest names) and cut the loss log back to this run's step, so a
+        resumed run logs no step twice."""
+        for folder in (self.out, self.out / "samples"):
+            remove_temporaries(folder)
+        remove_unlisted_states(self.out, keep=_state_tensors_name(self.out))
+        truncate_log(self.out / "log.jsonl", self.step)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         """What state.safetensors holds, as meta tensors: the network's and the EMA's state dicts,
@@ -410,7 +430,12 @@ class Trainer:
             raise CheckpointError(f"{jpath} belongs to a different configuration; use a new --out folder")
         if state["dataset"].get("size") != self.dataset.get("size"):
             raise CheckpointError(f"{jpath} was trained on {state['dataset'].get('size')} images, now {self.dataset.get('size')}")
-        tpath = self.out / "state.safetensors"
+        tpath = self.out / _state_tensors_name(self.out, state)
+        if not tpath.is_file():
+            raise CheckpointError(f"{jpath} names {tpath.name}, which is missing")
+        if ("tensors" in state or "sha256" in state) and sha256_file(tpath) != state.get("sha256"):
+            raise CheckpointError(f"{tpath} does not match the SHA-256 that {jpath.name} records (a save was "
+                                  "interrupted or the file was changed); use a new --out folder")
         try:
             tensors = load_file(str(tpath), device=str(self.device))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -427,6 +452,55 @@ class Trainer:
         self.normalization = PixelNormalization(**state["normalization"])
         self.step, self.wall_time, self.last_loss = state["step"], state["wall_time_s"], state["last_loss"]
         return True
+
+
+STATE_TENSORS = re.compile(r"state-(\d{8,})\.safetensors")  # the tensors of a training state
+
+
+def _state_tensors_name(out: Path, state: dict[str, Any] | None = None) -> str | None:
+    """The tensors file that the manifest ``state.json`` of ``out`` names (``state``: the manifest,
+    already read); ``state.safetensors`` for a manifest of the earlier format, which named none;
+    None without a readable manifest. A name other than ``state-STEP.safetensors`` is refused."""
+    if state is None:
+        try:
+            state = json.loads((out / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    if not isinstance(state, dict):
+        return None
+    name = state.get("tensors", "state.safetensors")
+    if not isinstance(name, str) or (name != "state.safetensors" and not STATE_TENSORS.fullmatch(name)):
+        raise CheckpointError(f"{out / 'state.json'} names {str(name)[:80]!r}, not a training state's tensors file")
+    return name
+
+
+def remove_unlisted_states(out: Path, keep: str | None) -> list[Path]:
+    """Delete the ``state-STEP.safetensors`` files in ``out`` other than ``keep`` (the manifest's):
+    earlier states, and the tensors of a save killed before its manifest was written."""
+    removed = []
+    for p in out.glob("state-*.safetensors"):
+        if STATE_TENSORS.fullmatch(p.name) and p.name != keep:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the records of the JSON-lines log ``path`` up to ``step`` (and drop lines that are
+    not records, such as one cut by a kill), rewritten atomically; nothing if already so."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    if kept != lines:
+        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
 
 
 def _same_experiment(recorded: Any, experiment: ExperimentConfig) -> bool:

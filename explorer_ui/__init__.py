@@ -8,7 +8,8 @@ for, as frozen records validated once (no streamlit); ``compute`` configures tor
 owns the inference locks (taken per sampling step), the per-request compute budget and the
 measured speed that time estimates use (no streamlit); ``cache`` is the one place with ``st.cache_resource`` (models) and
 ``st.cache_data`` (arrays, keyed on the requests); ``widgets`` holds the sidebar, pickers, the
-inputs that end in a request, image display and the error guard that every page action runs under.
+inputs that end in a request, image display and the error guard that every page action runs under;
+``settings`` reads the switches an operator sets in the environment (no streamlit).
 
 Nothing here is imported before ``app.py`` has drawn the page list and title (see ``app.py``).
 """

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from diffusion_core.checkpoint import (CheckpointError, experiment_from_description, read_description,
-                                       read_description_file)
+from diffusion_core.checkpoint import (CheckpointError, experiment_from_description, normalization_from_description,
+                                       read_description, read_description_file)
 from diffusion_core.files import header_tensors, validate_tensors
 from diffusion_core.guidance import description_mismatches
 from diffusion_core.networks import build_network
@@ -102,9 +102,11 @@ def check_weights(json_path: Path, description: dict[str, Any]) -> None:
     described network needs (names, shapes, dtypes: ``files.validate_tensors``). Reads only the
     safetensors headers and builds the network on the meta device, so it is cheap enough to run on
     every listed checkpoint; ``load_checkpoint`` repeats these checks (and checks the values) when
-    the model is loaded."""
+    the model is loaded. The description's numbers are checked too: bounds, the network's size and
+    memory budget (measured without allocating), a finite positive normalisation."""
     where = str(json_path)
     experiment = experiment_from_description(description, where)
+    normalization_from_description(description, where)
     with torch.device("meta"):
         expected = build_network(experiment.network).state_dict()
     found: dict[str, torch.Tensor] = {}  # meta tensors: shapes and dtypes from the headers
@@ -141,19 +143,33 @@ def _log_file(json_path: Path) -> Path | None:
 
 
 def _entry(json_path: Path) -> Entry:
+    """The entry of one description file: whatever the file holds, an entry (unusable, with the
+    reason) and never an exception, so one hostile file beside good ones spoils only its own row."""
     try:
         desc = read_description(json_path)
     except (CheckpointError, OSError) as e:
         return Entry(json_path, json_path.stem, json_path.stem, error=str(e))
+    except Exception as e:  # noqa: BLE001 - any other failure on an untrusted file is that entry's
+        return Entry(json_path, json_path.stem, json_path.stem, error=_unusable(json_path, e))
     name = desc.get("name") if isinstance(desc.get("name"), str) and desc.get("name") else json_path.stem
+    name = name[:200]
     try:
         check_weights(json_path, desc)
         error = None
     except CheckpointError as e:
         error = str(e)
-    except (ValueError, TypeError, AttributeError, KeyError, OSError) as e:  # a description malformed
-        error = f"{json_path}: unusable description ({type(e).__name__}: {e})"  # in a way the core lets through
+    except Exception as e:  # noqa: BLE001 - a description malformed in a way the core lets through
+        error = _unusable(json_path, e)
     return Entry(json_path, name, name, desc, error, _log_file(json_path), _sample_png(json_path, name))
+
+
+def _unusable(json_path: Path, e: BaseException) -> str:
+    return f"{json_path}: unusable description ({type(e).__name__}: {str(e)[:300]})"
+
+
+def _is_training_tensors(path: Path) -> bool:
+    """A training run's resume tensors (``state.safetensors``, ``state-STEP.safetensors``)."""
+    return path.name == "state.safetensors" or (path.name.startswith("state-") and path.stem[6:].isdigit())
 
 
 def _is_training_state(path: Path) -> bool:
@@ -171,7 +187,7 @@ def scan(folder: str | os.PathLike) -> list[Entry]:
         found = [_entry(p) for p in sorted(where.glob("*.json")) if not _is_training_state(p)]
         named = {f for e in found if e.description for f in e.description.get("weights_files", [])}
         for w in sorted(where.glob("*.safetensors")):
-            if w.name not in named and w.name != "state.safetensors":
+            if w.name not in named and not _is_training_tensors(w):
                 found.append(Entry(w, w.stem, w.stem, error=f"{w} has no description {w.with_suffix('.json').name}"))
         if where != folder:  # sub-folders: only what is clearly a checkpoint (a valid description)
             found = [e for e in found if e.description is not None]

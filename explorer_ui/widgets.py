@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import time
 import traceback
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from diffusion_core.images import png_bytes
 from diffusion_core.samplers import DEFAULT_SAMPLER, REGISTRY, SamplerConfig, step_limit
 from diffusion_core.training import resolve_device
 
-from . import cache, catalog, compute, plans, requests
+from . import cache, catalog, compute, plans, requests, settings
 
 T = TypeVar("T")
 
@@ -88,7 +87,7 @@ def _keep(widget_key: str, state_key: str) -> None:
 def folder_input_allowed() -> bool:
     """A shared server can forbid visitors to browse its file system for checkpoints:
     DIFFUSION_EXPLORER_LOCK_FOLDERS=1 hides the extra-folder input."""
-    return os.environ.get("DIFFUSION_EXPLORER_LOCK_FOLDERS", "").strip() not in ("1", "true", "yes")
+    return not settings.folders_locked()  # any value but an "off" word locks
 
 
 def sidebar() -> None:

@@ -160,7 +160,7 @@ def test_checkpoint_errors(tmp_path, ck, capsys):
     desc["experiment"]["schedule"].update(kind="linear", num_timesteps=1000.5)
     (tmp_path / "float.json").write_text(json.dumps(desc))
     line = one_line_error(["sample", str(tmp_path / "float.json"), "--out", str(tmp_path / "x.png")], capsys)
-    assert "num_timesteps must be a whole number, got 1000.5" in line
+    assert "num_timesteps must be an integer from 1 to 100000, got 1000.5" in line
 
 
 def test_invert_refuses_pipes_foreign_formats_and_missing_files(tmp_path, ck, capsys, monkeypatch):

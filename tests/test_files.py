@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from diffusion_core import files
 from diffusion_core.checkpoint import CheckpointError, load_checkpoint
-from diffusion_core.files import atomic_save_tensors, atomic_write, atomic_write_bytes, validate_tensors, write_json
+from diffusion_core.files import (atomic_save_tensors, atomic_write, atomic_write_bytes, sha256_file, validate_tensors,
+                                  write_json)
 from tests.helpers import make_tiny_checkpoint, random_images, tiny_experiment
 
 
@@ -124,20 +125,27 @@ def test_training_state_is_validated_on_resume(tmp_path):
     images = random_images(8, 16)
     exp = tiny_experiment(epochs=1, batch_size=4)
     Trainer(exp, images, tmp_path, RunOptions(progress=False)).run()
-    state = load_file(tmp_path / "state.safetensors")
+    manifest = json.loads((tmp_path / "state.json").read_text())
+    tensors_file = tmp_path / manifest["tensors"]
+    state = load_file(tensors_file)
     assert Trainer(exp, images, tmp_path, RunOptions(progress=False)).resume()  # as written: fine
+
+    def hand_over(tensors, metadata=None):  # a hostile state whose manifest matches it
+        save_file(tensors, tensors_file, metadata)
+        (tmp_path / "state.json").write_text(json.dumps(dict(manifest, sha256=sha256_file(tensors_file))))
+
     broken = dict(state)
     name = next(k for k in state if k.startswith("optim.") and k.endswith(".exp_avg_sq"))
     broken[name] = torch.full_like(state[name], float("inf"))
-    save_file(broken, tmp_path / "state.safetensors", {"format": "diffusion-explorer-train-state/1"})
-    with pytest.raises(CheckpointError, match=f"state.safetensors: tensor {name} holds NaN or infinite values"):
+    hand_over(broken, {"format": "diffusion-explorer-train-state/1"})
+    with pytest.raises(CheckpointError, match=f"{tensors_file.name}: tensor {name} holds NaN or infinite values"):
         Trainer(exp, images, tmp_path, RunOptions(progress=False)).resume()
     broken = dict(state, **{"model.head.weight": state["model.head.weight"].to(torch.complex64)})
-    save_file(broken, tmp_path / "state.safetensors")
+    hand_over(broken)
     with pytest.raises(CheckpointError, match="tensor model.head.weight is complex64"):
         Trainer(exp, images, tmp_path, RunOptions(progress=False)).resume()
     del broken["model.head.weight"]
-    save_file(broken, tmp_path / "state.safetensors")
+    hand_over(broken)
     with pytest.raises(CheckpointError, match=r"do not match this run's network and optimizer \(missing "
                                               r"\['model.head.weight'\]"):
         Trainer(exp, images, tmp_path, RunOptions(progress=False)).resume()
