@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from . import diffusers_unet
 from .unet import UNet, UNetConfig
 
 DEFAULT_KIND = "unet"  # what a [network] table (or a description) without ``kind`` means
@@ -44,6 +45,9 @@ class NetworkKind:
 
 KINDS: dict[str, NetworkKind] = {
     "unet": NetworkKind(UNetConfig, UNet, _unet_beyond_limits),  # the reference design (unet.py)
+    # diffusers' UNet2DModel of a pipeline folder (diffusers_import.py), behind its timestep adapter
+    diffusers_unet.KIND: NetworkKind(diffusers_unet.DiffusersUNetConfig, diffusers_unet.TimestepNetwork,
+                                     diffusers_unet.beyond_limits),
 }
 
 
