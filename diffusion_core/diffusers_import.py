@@ -131,7 +131,7 @@ def _choice(config: dict, key: str, allowed, default, where: Path):
     if value is None:
         value = default
     if value not in allowed:
-        raise DiffusersError(f"{where}: {key} {str(value)[:60]!r} cannot be honoured (supported: "
+        raise DiffusersError(f"{where}: {key} {value!r:.60} cannot be honoured (supported: "
                               f"{', '.join(str(a) for a in allowed)})")
     return value
 
@@ -141,11 +141,11 @@ def scheduler_settings(config: dict[str, Any], where: Path) -> tuple[ScheduleCon
     "sample", clip_sample). DiffusersError naming the field for anything the core cannot honour."""
     cls = config.get("_class_name")
     if cls not in SCHEDULERS:
-        raise DiffusersError(f"{where}: _class_name {str(cls)[:60]!r} is not supported (only {', '.join(SCHEDULERS)})")
+        raise DiffusersError(f"{where}: _class_name {cls!r:.60} is not supported (only {', '.join(SCHEDULERS)})")
     refused = {"trained_betas": None, "thresholding": False, "rescale_betas_zero_snr": False}
     for key, ok in refused.items():
         if config.get(key) is not None and config.get(key) is not ok:
-            raise DiffusersError(f"{where}: {key} {str(config[key])[:60]!r} cannot be honoured (only {ok!r})")
+            raise DiffusersError(f"{where}: {key} {config[key]!r:.60} cannot be honoured (only {ok!r})")
     _choice(config, "variance_type", ("fixed_small", "fixed_small_log"), "fixed_small", where)
     _choice(config, "set_alpha_to_one", (True,), True, where)
     beta_schedule = _choice(config, "beta_schedule", tuple(BETA_SCHEDULES), "linear", where)
@@ -162,7 +162,7 @@ def scheduler_settings(config: dict[str, Any], where: Path) -> tuple[ScheduleCon
                                          "beta_end": config.get("beta_end", 0.02)}
     for key, value in dict(betas, num_train_timesteps=steps, steps_offset=offset).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DiffusersError(f"{where}: {key} must be a number, got {str(value)[:60]!r}")
+            raise DiffusersError(f"{where}: {key} must be a number, got {value!r:.60}")
     if not isinstance(steps, int) or not 1 <= steps <= 100_000:
         raise DiffusersError(f"{where}: num_train_timesteps must be an integer from 1 to 100000, got {steps!r}")
     try:
@@ -180,7 +180,7 @@ def read_pipeline(folder: DiffusersFolder) -> dict[str, Any]:
         index = read_json(folder.model_index)
         pipeline = index.get("_class_name")
         if pipeline not in PIPELINES:
-            raise DiffusersError(f"{folder.model_index}: _class_name {str(pipeline)[:60]!r} is not supported (only "
+            raise DiffusersError(f"{folder.model_index}: _class_name {pipeline!r:.60} is not supported (only "
                                   f"{', '.join(PIPELINES)}: unconditional pixel-space models)")
         unet_entry = index.get("unet")
         if not (isinstance(unet_entry, list) and len(unet_entry) == 2 and unet_entry[1] == "UNet2DModel"):

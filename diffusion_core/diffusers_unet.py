@@ -106,7 +106,7 @@ def validate_unet_config(config: Any, where: str = "unet config") -> dict[str, A
             raise ValueError(f"{where}: {key} must list one block per block_out_channels entry ({len(widths)})")
         for b in blocks:
             if b not in allowed:
-                raise ValueError(f"{where}: {key} holds {str(b)[:60]!r}; supported: {', '.join(allowed)}")
+                raise ValueError(f"{where}: {key} holds {b!r:.60}; supported: {', '.join(allowed)}")
         out[key] = blocks
     if config.get("layers_per_block", 2) is not None:
         out["layers_per_block"] = _int({"layers_per_block": config.get("layers_per_block", 2)}, "layers_per_block",
@@ -120,20 +120,20 @@ def validate_unet_config(config: Any, where: str = "unet config") -> dict[str, A
             if config[key] not in allowed:
                 what = "class-conditional models are not supported" if key in ("class_embed_type", "num_class_embeds") \
                     else f"supported: {', '.join(str(a) for a in allowed)}"
-                raise ValueError(f"{where}: {key} {str(config[key])[:60]!r} cannot be honoured ({what})")
+                raise ValueError(f"{where}: {key} {config[key]!r:.60} cannot be honoured ({what})")
             out[key] = config[key]
     if out.get("time_embedding_type") == "learned" and not out.get("num_train_timesteps"):
         raise ValueError(f"{where}: time_embedding_type 'learned' needs num_train_timesteps")
     for key in BOOLS:
         if key in config:
             if not isinstance(config[key], bool):
-                raise ValueError(f"{where}: {key} must be true or false, got {str(config[key])[:60]!r}")
+                raise ValueError(f"{where}: {key} must be true or false, got {config[key]!r:.60}")
             out[key] = config[key]
     for key, (low, high) in NUMBERS.items():
         if key in config:
             v = config[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
-                raise ValueError(f"{where}: {key} must be a number from {low} to {high}, got {str(v)[:60]!r}")
+                raise ValueError(f"{where}: {key} must be a number from {low} to {high}, got {v!r:.60}")
             out[key] = v
     groups = out.get("norm_num_groups", 32)
     if groups and any(w % groups for w in widths):
