@@ -201,7 +201,7 @@ def read_pipeline(folder: DiffusersFolder) -> dict[str, Any]:
         experiment = ExperimentConfig(
             name=folder.name, family="ddim" if scheduler_class == "DDIMScheduler" else "ddpm",
             description=f"diffusers {pipeline} ({scheduler_class})", schedule=schedule, network=network,
-            data=DataConfig(normalization="minus_one_one", name="unknown"),
+            data=DataConfig(normalization="minus_one_one", name="not recorded (diffusers)"),
             train=TrainConfig(prediction="v" if prediction == "v" else "eps"))
     except (ConfigError, ValueError) as e:
         raise DiffusersError(f"{folder.root}: {e}") from e
@@ -248,7 +248,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _renamed(key: str, expected: set[str]) -> str:
+def current_name(key: str, expected: set[str]) -> str:
+    """A weight name as diffusers now spells it (attention weights were renamed in diffusers 0.15)."""
     if key in expected:
         return key
     for old, new in OLD_ATTENTION.items():
@@ -269,7 +270,7 @@ def load_network(folder: DiffusersFolder, desc: dict[str, Any]) -> tuple[Experim
         raise DiffusersError(f"{folder.unet / 'config.json'}: diffusers cannot build this UNet2DModel: {e}") from e
     expected = network.state_dict()
     keys = {k.removeprefix("unet.") for k in expected}
-    weights = {"unet." + _renamed(k, keys): v for k, v in read_weights(wpath).items()}
+    weights = {"unet." + current_name(k, keys): v for k, v in read_weights(wpath).items()}
     validate_tensors(weights, expected, str(wpath), against=str(folder.unet / "config.json"), error=DiffusersError)
     network.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
     desc["parameters"] = count_parameters(network)

@@ -17,6 +17,7 @@ imported only when a network is built, so the rest of the core works without it.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,23 @@ class DiffusersUNetConfig:
             raise ValueError(f"network.beta_schedule must be linear, scaled_linear or cosine, got {self.beta_schedule!r}")
         betas = {} if self.beta_schedule == "cosine" else {"beta_start": self.beta_start, "beta_end": self.beta_end}
         return ScheduleConfig(kind=self.beta_schedule, num_timesteps=self.num_train_timesteps, **betas)
+
+    def gflops_per_image(self) -> float:
+        """GFLOPs of one UNet evaluation on one image, counted by ``torch.utils.flop_counter`` on
+        the meta device (no memory, no weights; convolutions, matmuls and attention)."""
+        return _counted_gflops(self.unet_config, self.image_size, self.channels)
+
+
+@functools.lru_cache(maxsize=32)
+def _counted_gflops(unet_config: str, size: int, channels: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    diffusers = require_diffusers()
+    with torch.device("meta"), torch.no_grad():
+        unet = diffusers.UNet2DModel.from_config(json.loads(unet_config))
+        with FlopCounterMode(display=False) as counter:
+            unet(torch.empty(1, channels, size, size), torch.tensor([0]))
+    return counter.get_total_flops() / 1e9
 
 
 class TimestepNetwork(nn.Module):

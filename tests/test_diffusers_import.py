@@ -235,3 +235,49 @@ def test_a_malicious_bin_never_runs(unet, tmp_path):
     assert not marker.exists()
     torch.load(folder / "unet" / "diffusion_pytorch_model.bin", weights_only=False)  # the control: an
     assert marker.exists()  # ordinary unpickling runs the payload
+
+
+def test_the_app_catalog_lists_diffusers_folders(unet, tmp_path):
+    from explorer_ui import catalog
+
+    root = tmp_path / "checkpoints"
+    pipe = save_pipeline(unet, root / "ddpm-tiny", diffusers.DDPMScheduler(), diffusers.DDPMPipeline)
+    hub = root / "models--org--ddim-tiny" / "snapshots" / "abc123"
+    save_pipeline(unet, hub, diffusers.DDIMScheduler())
+    broken = save_pipeline(unet, root / "broken", diffusers.DDPMScheduler(), diffusers.DDPMPipeline)
+    edit_json(broken / "unet" / "config.json", block_out_channels=[32, 48])
+    entries = {e.label: e for e in catalog.scan(root)}
+    assert set(entries) == {"ddpm-tiny (diffusers)", "org/ddim-tiny (diffusers)", "broken (diffusers)"}
+    assert entries["ddpm-tiny (diffusers)"].usable and entries["org/ddim-tiny (diffusers)"].usable
+    assert "tensor unet.up_blocks" not in entries["broken (diffusers)"].error
+    assert "broken/unet/diffusion_pytorch_model.safetensors: tensor" in entries["broken (diffusers)"].error
+    row = catalog.table_row(entries["org/ddim-tiny (diffusers)"])
+    assert (row["image size"], row["parameters"], row["about"]) == (
+        SIZE, sum(p.numel() for p in unet.parameters()), "diffusers DDIMPipeline (DDIMScheduler)")
+    files = catalog.checkpoint_files(entries["ddpm-tiny (diffusers)"].path, entries["ddpm-tiny (diffusers)"].description)
+    assert pipe / "unet" / "diffusion_pytorch_model.safetensors" in files and all(f.is_file() for f in files)
+    only = catalog.scan(pipe)  # the sidebar naming the pipeline folder itself
+    assert [(e.label, e.usable) for e in only] == [("ddpm-tiny (diffusers)", True)]
+
+
+@pytest.mark.parametrize("page", ["experiments", "sample", "trajectory", "interpolation", "compare", "live"])
+def test_every_app_page_runs_on_a_diffusers_folder(unet, tmp_path, monkeypatch, page):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from explorer_ui import catalog, compute
+
+    monkeypatch.setattr(catalog, "RESULTS_FOLDER", tmp_path / "no-results")
+    monkeypatch.setattr(compute, "_threads", 1)
+    folder = save_pipeline(unet, tmp_path / "ddpm-tiny", diffusers.DDPMScheduler(), diffusers.DDPMPipeline)
+    monkeypatch.setenv("DIFFUSION_EXPLORER_CHECKPOINTS", str(folder))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
+    if page != "experiments":
+        at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert at.title[0].value == page.capitalize()
+    if page == "experiments":
+        assert "ddpm-tiny (diffusers)" in at.dataframe[0].value["name"].tolist()
+    else:
+        assert len(at.image) >= 1
