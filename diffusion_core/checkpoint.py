@@ -212,6 +212,8 @@ def _load_diffusers(path: str | os.PathLike, device: str | torch.device, dtype: 
         experiment, network = load_network(folder, desc)
     except DiffusersError as e:
         raise CheckpointError(str(e)) from e
+    except ImportError as e:  # diffusers not installed: say how to install it
+        raise CheckpointError(f"{path}: {e}") from e
     _prepare_for_sampling(network, device, dtype)
     return LoadedModel(folder.name, folder.root, network, experiment, PixelNormalization(**desc["normalization"]), desc)
 
