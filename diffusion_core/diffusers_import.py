@@ -82,7 +82,8 @@ def _hub_snapshot(path: Path) -> tuple[Path, str | None]:
             return path / "snapshots" / commit, name
     snaps = sorted(p for p in (path / "snapshots").iterdir() if p.is_dir())
     if len(snaps) != 1:
-        raise DiffusersError(f"{path} holds {len(snaps)} snapshots and no refs/main: name one of its snapshots/ folders")
+        raise DiffusersError(f"{path} holds {len(snaps)} snapshots and no refs/main: "
+                             "name one of its snapshots/ folders")
     return snaps[0], name
 
 
@@ -102,13 +103,6 @@ def find_pipeline(path: str | os.PathLike) -> DiffusersFolder | None:
         sibling = p.parent / "scheduler" / "scheduler_config.json"
         return DiffusersFolder(p, name, p, beside if beside.is_file() or not sibling.is_file() else sibling, None)
     return None
-
-
-def is_diffusers_folder(path: str | os.PathLike) -> bool:
-    try:
-        return find_pipeline(path) is not None
-    except (DiffusersError, OSError):
-        return Path(path).is_dir() and Path(path).name.startswith("models--")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -268,10 +262,9 @@ def load_network(folder: DiffusersFolder, desc: dict[str, Any]) -> tuple[Experim
         raise
     except (ValueError, TypeError, RuntimeError) as e:  # diffusers refusing a config we let through
         raise DiffusersError(f"{folder.unet / 'config.json'}: diffusers cannot build this UNet2DModel: {e}") from e
-    expected = network.state_dict()
-    keys = {k.removeprefix("unet.") for k in expected}
-    weights = {"unet." + current_name(k, keys): v for k, v in read_weights(wpath).items()}
+    expected = network.unet.state_dict()  # the names in the file
+    weights = {current_name(k, set(expected)): v for k, v in read_weights(wpath).items()}
     validate_tensors(weights, expected, str(wpath), against=str(folder.unet / "config.json"), error=DiffusersError)
-    network.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
+    network.unet.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
     desc["parameters"] = count_parameters(network)
     return experiment, network

@@ -48,8 +48,8 @@ CHOICES: dict[str, tuple] = {
     "num_class_embeds": (None,),
 }
 BOOLS = ("center_input_sample", "flip_sin_to_cos", "add_attention")
-NUMBERS = {"freq_shift": (0, 1e6), "dropout": (0.0, 1.0), "norm_eps": (1e-12, 1.0), "mid_block_scale_factor": (0.0, 1e6),
-           "downsample_padding": (0, 8)}
+NUMBERS = {"freq_shift": (0, 1e6), "dropout": (0.0, 1.0), "norm_eps": (1e-12, 1.0),
+           "mid_block_scale_factor": (0.0, 1e6), "downsample_padding": (0, 8)}
 SIZES = ("layers_per_block", "norm_num_groups", "attn_norm_num_groups", "attention_head_dim", "time_embedding_dim",
          "num_train_timesteps")  # positive integers (or null where diffusers allows it)
 STRUCTURE = ("sample_size", "in_channels", "out_channels", "block_out_channels", "down_block_types", "up_block_types")
@@ -96,7 +96,7 @@ def validate_unet_config(config: Any, where: str = "unet config") -> dict[str, A
     out["out_channels"] = _int(config, "out_channels", 3, 3, where) if "out_channels" in config else 3
     widths = config.get("block_out_channels", [224, 448, 672, 896])
     if (not isinstance(widths, list) or not 1 <= len(widths) <= LIMITS["max_levels"]
-            or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= LIMITS["max_width"] for w in widths)):
+            or not all(type(w) is int and 1 <= w <= LIMITS["max_width"] for w in widths)):
         raise ValueError(f"{where}: block_out_channels must be 1 to {LIMITS['max_levels']} integers from 1 to "
                          f"{LIMITS['max_width']}, got {str(widths)[:80]}")
     out["block_out_channels"] = widths
@@ -173,10 +173,12 @@ class DiffusersUNetConfig:
 
     def schedule(self) -> ScheduleConfig:
         """The training schedule the UNet's integer timesteps index."""
-        if not isinstance(self.num_train_timesteps, int) or not 1 <= self.num_train_timesteps <= LIMITS["max_timesteps"]:
+        steps = self.num_train_timesteps
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= LIMITS["max_timesteps"]:
             raise ValueError(f"network.num_train_timesteps must be an integer from 1 to {LIMITS['max_timesteps']}")
         if self.beta_schedule not in ("linear", "scaled_linear", "cosine"):
-            raise ValueError(f"network.beta_schedule must be linear, scaled_linear or cosine, got {self.beta_schedule!r}")
+            raise ValueError("network.beta_schedule must be linear, scaled_linear or cosine, "
+                             f"got {self.beta_schedule!r}")
         betas = {} if self.beta_schedule == "cosine" else {"beta_start": self.beta_start, "beta_end": self.beta_end}
         return ScheduleConfig(kind=self.beta_schedule, num_timesteps=self.num_train_timesteps, **betas)
 

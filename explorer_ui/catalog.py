@@ -82,8 +82,11 @@ def file_stamps(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
 
 def checkpoint_files(json_path: Path, description: dict[str, Any] | None) -> list[Path]:
     if json_path.is_dir():  # a diffusers folder: the files it is read from
-        folder = find_pipeline(json_path)
-        return [folder.unet / "config.json", folder.scheduler] + ([weight_file(folder)] if description else [])
+        try:
+            folder = find_pipeline(json_path)
+            return [folder.unet / "config.json", folder.scheduler, weight_file(folder)]
+        except (DiffusersError, OSError, AttributeError):  # not (or no longer) a usable pipeline folder
+            return [json_path]
     files = [json_path]
     if description:
         files += [json_path.parent / f for f in description.get("weights_files", [])]
