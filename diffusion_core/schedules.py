@@ -143,8 +143,9 @@ class TimeGrid:
 
 
 def max_sampling_steps(config: ScheduleConfig) -> int:
-    """Largest step count a sampler may use: T for discrete schedules, 1000 for continuous."""
-    return config.num_timesteps if config.is_discrete else 1000
+    """Largest step count a sampler may use: T (less a leading grid's steps_offset, which would
+    push the last grid step past T-1) for discrete schedules, 1000 for continuous."""
+    return config.num_timesteps - config.steps_offset if config.is_discrete else 1000
 
 
 def time_grid(config: ScheduleConfig, num_steps: int) -> TimeGrid:
