@@ -1,5 +1,6 @@
 """Checkpoints: weights in safetensors, the full description in JSON beside them. Nothing is ever
-unpickled, and every file is treated as untrusted: sizes, names, shapes, dtypes and values are
+unpickled (a diffusers folder's ``.bin``, opened by ``diffusers_import``, goes through PyTorch's
+restricted loader, which builds tensors only), and every file is treated as untrusted: sizes, names, shapes, dtypes and values are
 checked before use (``files.validate_tensors``); files are written atomically (``files``).
 
 Layout of a checkpoint named ``NAME``::

@@ -191,10 +191,14 @@ def read_pipeline(folder: DiffusersFolder) -> dict[str, Any]:
         num_train_timesteps=schedule.num_timesteps, beta_schedule=schedule.kind, beta_start=schedule.beta_start,
         beta_end=schedule.beta_end, predicts_x0=prediction == "sample")
     scheduler_class = read_json(folder.scheduler)["_class_name"]
+    weights = weight_file(folder)
+    about = f"diffusers {pipeline} ({scheduler_class})"
+    if weights.suffix == ".bin":  # said in the app's table: the pickle is read, restricted, on every load
+        about += "; weights from a .bin pickle, read by PyTorch's restricted loader (convert makes safetensors)"
     try:
         experiment = ExperimentConfig(
             name=folder.name, family="ddim" if scheduler_class == "DDIMScheduler" else "ddpm",
-            description=f"diffusers {pipeline} ({scheduler_class})", schedule=schedule, network=network,
+            description=about, schedule=schedule, network=network,
             data=DataConfig(normalization="minus_one_one", name="not recorded (diffusers)"),
             train=TrainConfig(prediction="v" if prediction == "v" else "eps"))
     except (ConfigError, ValueError) as e:
@@ -205,7 +209,7 @@ def read_pipeline(folder: DiffusersFolder) -> dict[str, Any]:
         "experiment": experiment.to_dict(),
         "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
         "diffusers": {"folder": str(folder.root), "pipeline": pipeline, "scheduler": scheduler_class,
-                      "prediction_type": prediction, "clip_sample": clip, "weights_file": weight_file(folder).name},
+                      "prediction_type": prediction, "clip_sample": clip, "weights_file": weights.name},
         "training": {}, "metrics": {},
     }
 

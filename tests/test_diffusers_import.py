@@ -227,6 +227,7 @@ def test_a_malicious_bin_never_runs(unet, tmp_path):
     torch.save(state, folder / "unet" / "diffusion_pytorch_model.bin")
     model = load_checkpoint(folder)  # a plain tensor pickle loads through the restricted loader
     assert model.description["diffusers"]["weights_file"] == "diffusion_pytorch_model.bin"
+    assert "weights from a .bin pickle, read by PyTorch's restricted loader" in model.experiment.description
     marker = tmp_path / "pwned"
     torch.save({**state, "x": Payload(marker)}, folder / "unet" / "diffusion_pytorch_model.bin")
     with pytest.raises(CheckpointError, match="refused by the restricted loader"):
