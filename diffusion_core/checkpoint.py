@@ -1,5 +1,6 @@
 """Checkpoints: weights in safetensors, the full description in JSON beside them. Nothing is ever
-unpickled, and every file is treated as untrusted: sizes, names, shapes, dtypes and values are
+unpickled (a diffusers folder's ``.bin``, opened by ``diffusers_import``, goes through PyTorch's
+restricted loader, which builds tensors only), and every file is treated as untrusted: sizes, names, shapes, dtypes and values are
 checked before use (``files.validate_tensors``); files are written atomically (``files``).
 
 Layout of a checkpoint named ``NAME``::
@@ -176,7 +177,11 @@ def normalization_from_description(desc: dict[str, Any], where: str) -> PixelNor
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Rebuild the network a checkpoint describes and load its weights (eval mode, no grads)."""
+    """Rebuild the network a checkpoint describes and load its weights (eval mode, no grads). A
+    diffusers pipeline folder (``diffusers_import``) opens here too."""
+    diffusers_model = _load_diffusers(path, device, dtype)
+    if diffusers_model is not None:
+        return diffusers_model
     stem = _stem(path)
     desc = read_description(stem)
     where = str(stem.with_suffix(".json"))
@@ -203,10 +208,45 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         weights.update(shard)
     validate_tensors(weights, expected, where, against="the description", files=files, error=CheckpointError)
     network.load_state_dict({k: weights[k].to(v.dtype) for k, v in expected.items()})
+    _prepare_for_sampling(network, device, dtype)
+    return LoadedModel(stem.name, stem.with_suffix(".json"), network, experiment, normalization, desc)
+
+
+def _prepare_for_sampling(network: nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
     network.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if torch.device(device).type == "cuda":  # in NCHW, bilinear upsampling took 68% of a sampling call (docs/performance.md)
         network.to(memory_format=torch.channels_last)
-    return LoadedModel(stem.name, stem.with_suffix(".json"), network, experiment, normalization, desc)
+
+
+def _load_diffusers(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype) -> LoadedModel | None:
+    """The diffusers pipeline folder at ``path`` as a LoadedModel (its ``path`` is the folder), or
+    None if ``path`` is no such folder."""
+    from .diffusers_import import DiffusersError, find_pipeline, load_network, read_pipeline
+
+    try:
+        folder = find_pipeline(path)
+        if folder is None:
+            return None
+        desc = read_pipeline(folder)
+        experiment, network = load_network(folder, desc)
+    except DiffusersError as e:
+        raise CheckpointError(str(e)) from e
+    except ImportError as e:  # diffusers not installed: say how to install it
+        raise CheckpointError(f"{path}: {e}") from e
+    _prepare_for_sampling(network, device, dtype)
+    return LoadedModel(folder.name, folder.root, network, experiment, PixelNormalization(**desc["normalization"]), desc)
+
+
+def convert_diffusers(folder: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Write a diffusers pipeline folder as this project's checkpoint (fp16 safetensors + JSON),
+    e.g. to turn a ``.bin`` pickle into safetensors once. Returns the paths written."""
+    model = _load_diffusers(folder, "cpu", torch.float32)
+    if model is None:
+        raise CheckpointError(f"{folder} is not a diffusers pipeline folder (no model_index.json, no UNet config.json)")
+    desc = describe_model(model.experiment, model.normalization, model.network)
+    desc.update(source=model.description["source"], diffusers=model.description["diffusers"],
+                weights="float16, converted from diffusers")
+    return save_checkpoint(dest, model.network.state_dict(), desc, dtype=torch.float16)
 
 
 def shipping_description(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m diffusion_core {train,sample,interpolate,invert,export,evaluate}``.
+"""Command line: ``python -m diffusion_core {train,sample,interpolate,invert,export,convert,evaluate}``.
 It only wires arguments to the core; every command's --help explains its flags.
 
 Errors a user can cause end as one line ``error: ...`` on stderr and exit status 2, before any long
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample a grid of images from a checkpoint")
     p.set_defaults(handler=commands.sample)
-    p.add_argument("checkpoint", help="checkpoint .json (or its stem)")
+    p.add_argument("checkpoint", help="checkpoint .json (or its stem), or a diffusers pipeline folder")
     _add_sampler_flags(p)
     p.add_argument("--seeds", nargs="+", default=["0-15"], help=f"seeds and ranges, e.g. 0-15, 0:16 or 3,7,42 "
                    f"(0 <= seed < 2**63, at most {MAX_SEEDS:,} per grid; default 0-15)")
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("interpolate", help="interpolate between the noise of two or more seeds")
     p.set_defaults(handler=commands.interpolate)
-    p.add_argument("checkpoint", help="checkpoint .json (or its stem)")
+    p.add_argument("checkpoint", help="checkpoint .json (or its stem), or a diffusers pipeline folder")
     _add_sampler_flags(p, default_steps=20)
     p.add_argument("--seeds", nargs="+", required=True,
                    help="two or more key seeds, in the grammar of sample's --seeds, e.g. 3 17 42 or 0-3")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("invert", help="DDIM-invert an image to its starting noise and reconstruct it")
     p.set_defaults(handler=commands.invert)
-    p.add_argument("checkpoint", help="checkpoint .json (or its stem)")
+    p.add_argument("checkpoint", help="checkpoint .json (or its stem), or a diffusers pipeline folder")
     p.add_argument("image", help="an image file; it is center-cropped and resized to the model's size")
     p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=50, help="DDIM steps for inversion and reconstruction")
     p.add_argument("--refine", type=int_in(0, 100), default=3,
@@ -166,9 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="checkpoint stem, e.g. checkpoints/ddim_01")
     p.add_argument("--shard-mib", type=float_in(0, 2**20), default=0, help="split weights into files of at most this size")
 
+    p = sub.add_parser("convert", help="write a diffusers pipeline folder as this project's checkpoint (fp16 safetensors)")
+    p.set_defaults(handler=commands.convert)
+    p.add_argument("folder", help="diffusers pipeline folder, bare UNet2DModel folder or hub cache models--ORG--NAME")
+    p.add_argument("dest", help="checkpoint stem, e.g. checkpoints/ddpm-cifar10-32")
+
     p = sub.add_parser("evaluate", help="FID and KID of a checkpoint's samples against a data set")
     p.set_defaults(handler=commands.evaluate)
-    p.add_argument("checkpoint", help="checkpoint .json (or its stem)")
+    p.add_argument("checkpoint", help="checkpoint .json (or its stem), or a diffusers pipeline folder")
     p.add_argument("--data", required=True, help="reference images (folder, tar or LMDB)")
     p.add_argument("--num-samples", type=int_in(2, MAX_SAMPLES), default=2911, help="N generated and N real images (default 2911)")
     _add_sampler_flags(p)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import export_checkpoint, load_checkpoint
+from .checkpoint import convert_diffusers, export_checkpoint, load_checkpoint
 from .config import load_experiment
 from .files import atomic_write_bytes
 from .guidance import NO_GUIDANCE, Guidance, check_weight, guidance
@@ -150,6 +150,12 @@ def invert(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     shard = int(args.shard_mib * 2**20) if args.shard_mib else None
     paths = export_checkpoint(args.run, args.dest, shard)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def convert(args: argparse.Namespace) -> int:
+    paths = convert_diffusers(args.folder, args.dest)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -197,6 +197,6 @@ def evaluate_checkpoint(options: EvaluationOptions) -> dict[str, Any]:
                             memorization=o.memorization, autocast=o.autocast, compile=o.compile,
                             equal_n_splits=o.equal_n_splits, guidance=guide)
     result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, o.cache_dir))
-    if o.write:
+    if o.write and model.path.is_file():  # a diffusers folder is not ours to write into: `convert` it first
         record_result(model.path, result, protocol=(o.num_samples == len(real.images)))
     return result

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import diffusers_unet
 from .unet import UNet, UNetConfig
 
 DEFAULT_KIND = "unet"  # what a [network] table (or a description) without ``kind`` means
@@ -71,6 +72,9 @@ class NetworkKind:
 
 KINDS: dict[str, NetworkKind] = {
     "unet": NetworkKind(UNetConfig, UNet, _unet_beyond_limits, _unet_activation_bound),  # the reference design
+    # diffusers' UNet2DModel of a pipeline folder (diffusers_import.py), behind its timestep adapter
+    diffusers_unet.KIND: NetworkKind(diffusers_unet.DiffusersUNetConfig, diffusers_unet.TimestepNetwork,
+                                     diffusers_unet.beyond_limits),
 }
 
 

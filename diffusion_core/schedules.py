@@ -24,8 +24,8 @@ from typing import Literal
 
 import numpy as np
 
-ScheduleKind = Literal["linear", "cosine", "continuous_cosine"]
-Spacing = Literal["trailing"]
+ScheduleKind = Literal["linear", "scaled_linear", "cosine", "continuous_cosine"]
+Spacing = Literal["trailing", "leading", "linspace"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,20 @@ class ScheduleConfig:
     cosine_s: float = 0.008  # Nichol & Dhariwal offset, discrete cosine only
     max_signal_rate: float = 0.95  # continuous cosine only: signal rate at t = 0
     min_signal_rate: float = 0.02  # continuous cosine only: signal rate at t = 1
+    spacing: Spacing = "trailing"  # discrete only: which T-grid steps a sampler visits (time_grid)
+    steps_offset: int = 0  # discrete "leading" spacing only: added to every grid step (diffusers' steps_offset)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("linear", "cosine", "continuous_cosine"):
+        if self.kind not in ("linear", "scaled_linear", "cosine", "continuous_cosine"):
             raise ValueError(f"unknown schedule kind {self.kind!r}")
         if not isinstance(self.num_timesteps, int) or isinstance(self.num_timesteps, bool):
             raise ValueError(f"num_timesteps must be a whole number, got {self.num_timesteps!r}")
+        if self.spacing not in ("trailing", "leading", "linspace"):
+            raise ValueError(f"spacing must be trailing, leading or linspace, got {self.spacing!r}")
+        if not isinstance(self.steps_offset, int) or not 0 <= self.steps_offset < max(self.num_timesteps, 1):
+            raise ValueError(f"steps_offset must be an integer from 0 to num_timesteps - 1, got {self.steps_offset!r}")
+        if self.steps_offset and self.spacing != "leading":
+            raise ValueError(f"steps_offset applies to leading spacing only, got spacing {self.spacing!r}")
         if self.num_timesteps < 1:
             raise ValueError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
         if not 0 < self.beta_start < self.beta_end < 1:
@@ -60,6 +68,12 @@ class ScheduleConfig:
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
     """beta_t linear from beta_start to beta_end (Ho et al. 2020, sec. 4). Returns float64 [T]."""
     return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+
+
+def scaled_linear_betas(num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> np.ndarray:
+    """beta_t = (linear from sqrt(beta_start) to sqrt(beta_end))^2, diffusers' "scaled_linear"
+    (the latent-diffusion schedule, Rombach et al. 2022). Returns float64 [T]."""
+    return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
 
 
 def cosine_alphas_cumprod(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -84,6 +98,8 @@ def discrete_alphas_cumprod(config: ScheduleConfig) -> np.ndarray:
     """abar_t for t = 0..T-1 of a discrete schedule, float64 [T], strictly decreasing."""
     if config.kind == "linear":
         return alphas_cumprod_from_betas(linear_betas(config.num_timesteps, config.beta_start, config.beta_end))
+    if config.kind == "scaled_linear":
+        return alphas_cumprod_from_betas(scaled_linear_betas(config.num_timesteps, config.beta_start, config.beta_end))
     if config.kind == "cosine":
         return cosine_alphas_cumprod(config.num_timesteps, config.cosine_s)
     raise ValueError(f"{config.kind} is not a discrete schedule")
@@ -129,24 +145,41 @@ class TimeGrid:
 
 
 def max_sampling_steps(config: ScheduleConfig) -> int:
-    """Largest step count a sampler may use: T for discrete schedules, 1000 for continuous."""
-    return config.num_timesteps if config.is_discrete else 1000
+    """Largest step count a sampler may use: T (less a leading grid's steps_offset, which would
+    push the last grid step past T-1) for discrete schedules, 1000 for continuous."""
+    return config.num_timesteps - config.steps_offset if config.is_discrete else 1000
 
 
 def time_grid(config: ScheduleConfig, num_steps: int) -> TimeGrid:
     """The sampling grid of ``num_steps`` steps.
 
-    Discrete schedules use "trailing" spacing (Lin et al. 2024, "Common Diffusion Noise Schedules
-    and Sample Steps are Flawed", Table 2): t_i = round(T - i T / S) - 1 for i = 0..S-1, so the
-    first step always starts at t = T-1 (the noisiest level trained), S = T gives every step
-    T-1..0, and S = 1 gives the single step T-1 -> clean. Continuous: t_i = 1 - i / S.
+    Discrete schedules use, by ``config.spacing`` (Lin et al. 2024, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", Table 2; the names are diffusers' ``timestep_spacing``):
+
+    - "trailing" (the default): t_i = round(T - i T / S) - 1 for i = 0..S-1, so the first step
+      always starts at t = T-1 (the noisiest level trained), S = T gives every step T-1..0, and
+      S = 1 gives the single step T-1 -> clean;
+    - "leading": t_i = (S - 1 - i) floor(T / S) + steps_offset (DDPM's and DDIM's original grid);
+    - "linspace": S evenly spaced steps from T-1 to 0, rounded (np.linspace(0, T - 1, S), reversed).
+
+    Every step goes to the next level of the grid, the last to clean. Continuous: t_i = 1 - i / S.
     """
     limit = max_sampling_steps(config)
     if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= limit:
         raise ValueError(f"number of sampling steps must be an integer from 1 to {limit}, got {num_steps!r}")
     if config.is_discrete:
         T = config.num_timesteps
-        times = np.round(T - np.arange(num_steps) * (T / num_steps)).astype(np.int64) - 1
+        i = np.arange(num_steps)
+        if config.spacing == "leading":
+            times = (num_steps - 1 - i) * (T // num_steps) + config.steps_offset
+        elif config.spacing == "linspace":
+            times = np.round(np.linspace(0, T - 1, num_steps))[::-1]
+        else:
+            times = np.round(T - i * (T / num_steps)) - 1
+        times = times.astype(np.int64)
+        if times.max() > T - 1:
+            raise ValueError(f"{num_steps} steps with steps_offset {config.steps_offset} go beyond the last "
+                             f"trained step {T - 1}: choose fewer steps")
         abar = discrete_alphas_cumprod(config)[times]
     else:
         times = 1.0 - np.arange(num_steps, dtype=np.float64) / num_steps

@@ -25,9 +25,10 @@ from safetensors import SafetensorError
 
 from diffusion_core.checkpoint import (CheckpointError, experiment_from_description, normalization_from_description,
                                        read_description, read_description_file)
+from diffusion_core.diffusers_import import DiffusersError, current_name, find_pipeline, read_pipeline, weight_file
 from diffusion_core.files import header_tensors, validate_tensors
 from diffusion_core.guidance import description_mismatches
-from diffusion_core.networks import build_network
+from diffusion_core.networks import build_network, count_parameters
 
 FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,12 @@ def file_stamps(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
 
 
 def checkpoint_files(json_path: Path, description: dict[str, Any] | None) -> list[Path]:
+    if json_path.is_dir():  # a diffusers folder: the files it is read from
+        try:
+            folder = find_pipeline(json_path)
+            return [folder.unet / "config.json", folder.scheduler, weight_file(folder)]
+        except (DiffusersError, OSError, AttributeError):  # not (or no longer) a usable pipeline folder
+            return [json_path]
     files = [json_path]
     if description:
         files += [json_path.parent / f for f in description.get("weights_files", [])]
@@ -172,18 +179,65 @@ def _is_training_tensors(path: Path) -> bool:
     return path.name == "state.safetensors" or (path.name.startswith("state-") and path.stem[6:].isdigit())
 
 
+DIFFUSERS_LABEL = "diffusers"  # shown after the name of a diffusers pipeline folder
+
+
+def _diffusers_entry(path: Path) -> Entry | None:
+    """The entry of a diffusers pipeline folder (``diffusion_core.diffusers_import``; a hub cache
+    entry too), or None if ``path`` is none. Reads its JSON files and the safetensors header only."""
+    try:
+        folder = find_pipeline(path)
+    except (DiffusersError, OSError) as e:
+        return Entry(path, path.name, f"{path.name} ({DIFFUSERS_LABEL})", error=str(e))
+    if folder is None:
+        return None
+    label = f"{folder.name} ({DIFFUSERS_LABEL})"
+    try:
+        desc = read_pipeline(folder)
+        weights = weight_file(folder)
+        if weights.suffix == ".safetensors":
+            check_diffusers_weights(desc, weights)
+    except (DiffusersError, CheckpointError, OSError, ImportError) as e:
+        return Entry(folder.root, folder.name, label, error=str(e))
+    return Entry(folder.root, folder.name, label, desc)
+
+
+def check_diffusers_weights(desc: dict[str, Any], weights: Path) -> None:
+    """Raise ``CheckpointError`` unless the UNet's safetensors header holds exactly the tensors
+    its config needs (as ``check_weights``: network built on the meta device). Records the
+    network's parameter count in ``desc``."""
+    experiment = experiment_from_description(desc, str(weights))
+    with torch.device("meta"):
+        network = build_network(experiment.network)
+    expected = {k.removeprefix("unet."): v for k, v in network.state_dict().items()}
+    desc["parameters"] = count_parameters(network)
+    try:
+        header = {current_name(k, set(expected)): v for k, v in header_tensors(weights).items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {e}") from e
+    validate_tensors(header, expected, str(weights), against="its config.json", error=CheckpointError)
+
+
 def _is_training_state(path: Path) -> bool:
     return path.name in NOT_CHECKPOINTS and (path.parent / "model.json").is_file()
 
 
 def scan(folder: str | os.PathLike) -> list[Entry]:
     """Every checkpoint directly in ``folder`` and in its sub-folders one level down (training
-    run folders hold ``model.json``), plus stray weight files that no description names."""
+    run folders hold ``model.json``), plus stray weight files that no description names. A
+    diffusers pipeline folder (``folder`` itself or a sub-folder, e.g. ``models--ORG--NAME`` of a
+    Hugging Face hub cache) is one entry, labelled "(diffusers)"."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
     entries: list[Entry] = []
     for where in [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        pipeline = _diffusers_entry(where)  # a diffusers pipeline folder (or a hub cache entry) is one model
+        if pipeline is not None:
+            entries.append(pipeline)
+            if where == folder:
+                return entries
+            continue
         found = [_entry(p) for p in sorted(where.glob("*.json")) if not _is_training_state(p)]
         named = {f for e in found if e.description for f in e.description.get("weights_files", [])}
         for w in sorted(where.glob("*.safetensors")):

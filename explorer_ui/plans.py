@@ -27,7 +27,10 @@ SECONDS_PER_GFLOP = {"cpu": 0.011, "mps": 0.002, "cuda": 0.0002}  # cpu: per thr
 
 def gflops_per_image(net: UNetConfig) -> float:
     """Estimated GFLOPs (2 x multiply-adds) of one network evaluation on one image, following the
-    layout in ``diffusion_core.unet``: 3x3 convolutions, 1x1 shortcuts, stem and head."""
+    layout in ``diffusion_core.unet``: 3x3 convolutions, 1x1 shortcuts, stem and head. A network
+    kind whose config counts its own cost (diffusers' UNet2DModel) is asked instead."""
+    if not isinstance(net, UNetConfig) and hasattr(net, "gflops_per_image"):
+        return net.gflops_per_image()
     S, C = net.image_size, net.channels
 
     def block(cin: int, cout: int, r: int) -> int:

@@ -26,11 +26,11 @@ def test_a_network_table_without_a_kind_is_the_reference_unet(tmp_path):
 
 def test_an_unknown_kind_is_refused_naming_the_field_and_the_known_kinds(tmp_path):
     (tmp_path / "x.toml").write_text('[network]\nkind = "transformer"\nwidths = [16, 32]\n')
-    with pytest.raises(ConfigError, match=r"x.toml: \[network\]: network.kind must be one of unet, got 'transformer'"):
+    with pytest.raises(ConfigError, match=r"x.toml: \[network\]: network.kind must be one of diffusers_unet2d, unet, got 'transformer'"):
         load_experiment(tmp_path / "x.toml")
-    with pytest.raises(ConfigError, match="network.kind must be one of unet, got 3"):
+    with pytest.raises(ConfigError, match="network.kind must be one of diffusers_unet2d, unet, got 3"):
         ExperimentConfig.from_dict({"name": "x", "network": {"kind": 3}})
-    with pytest.raises(ValueError, match="network.kind must be one of unet"):
+    with pytest.raises(ValueError, match="network.kind must be one of diffusers_unet2d, unet"):
         networks.build_network(object())
     with pytest.raises(ValueError, match="a UNetConfig has network.kind 'unet', got 'other'"):
         UNetConfig(kind="other")
@@ -55,9 +55,9 @@ def test_a_description_of_an_unknown_kind_is_refused(tmp_path):
     from diffusion_core.checkpoint import CheckpointError
     path = make_tiny_checkpoint(tmp_path, "k")
     d = json.loads(path.read_text())
-    d["experiment"]["network"]["kind"] = "diffusers_unet2d"
+    d["experiment"]["network"]["kind"] = "transformer2d"
     path.write_text(json.dumps(d))
-    with pytest.raises(CheckpointError, match="network.kind must be one of unet, got 'diffusers_unet2d'"):
+    with pytest.raises(CheckpointError, match="network.kind must be one of diffusers_unet2d, unet, got 'transformer2d'"):
         load_checkpoint(path)
 
 
