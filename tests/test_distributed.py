@@ -219,3 +219,35 @@ def test_torchrun_with_one_process_is_the_plain_command(tmp_path):
     assert all(torch.equal(plain[k], launched[k]) for k in plain)
     plain, launched = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("plain", "torchrun"))
     assert set(plain) == set(launched) and all(torch.equal(plain[k], launched[k]) for k in plain)
+
+
+def test_scaling_efficiency_is_against_the_smallest_count():
+    from bench.ddp_scaling import scaling, table
+
+    rows = scaling([{"gpus": 1, "global_batch": 64, "images_per_s": 1000.0},
+                    {"gpus": 2, "global_batch": 128, "images_per_s": 1900.0},
+                    {"gpus": 4, "global_batch": 256, "images_per_s": 3400.0},
+                    {"gpus": 8, "error": "only 4 GPU(s) here"}])
+    assert [r.get("efficiency") for r in rows] == [1.0, 0.95, 0.85, None]
+    assert rows[2]["speedup"] == 3.4
+    text = table(rows).splitlines()
+    assert text[3] == "| 2 | 128 | 1,900 | 950 | 1.90x | 95% |" and text[5] == "| 8 | | only 4 GPU(s) here | | | |"
+    # without one GPU, the smallest count is the base: 4 -> 8 at 1.8x is 90%
+    rows = scaling([{"gpus": 4, "images_per_s": 100.0}, {"gpus": 8, "images_per_s": 180.0}])
+    assert rows[1]["efficiency"] == pytest.approx(0.9)
+
+
+@pytest.mark.slow
+def test_ddp_scaling_bench_runs_on_the_cpu(tmp_path):
+    """`python -m bench.ddp_scaling --gpus 1 --device cpu`: one torchrun launch, one row, its JSON."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("[network]\nwidths = [8, 16]\nblock_depth = 1\nimage_size = 16\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "bench.ddp_scaling", "--gpus", "1", "--per-gpu-batch", "2",
+                        "--config", str(cfg), "--device", "cpu", "--warmup", "1", "--steps", "2", "--windows", "1",
+                        "--json", str(tmp_path / "out.json")], capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert row["gpus"] == 1 and row["global_batch"] == 2 and row["images_per_s"] > 0 and row["efficiency"] == 1.0
+    assert row["network"]["widths"] == [8, 16] and row["compiled"] is False
+    assert "| 1 | 2 |" in r.stdout and "100% |" in r.stdout
