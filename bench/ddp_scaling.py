@@ -103,8 +103,9 @@ def worker(args: argparse.Namespace) -> None:
         if rank == 0:
             result = {"gpus": world, "per_gpu_batch": args.per_gpu_batch, "global_batch": exp.train.batch_size,
                       "images_per_s": statistics.median(rates), "window_images_per_s": rates,
-                      "warmup_s": round(warmup_s, 1), "final_loss": float(loss), "network": exp.to_dict()["network"], "compiled": compile,
-                      "compile_mode": args.compile_mode if compile else None, "device": _device_name(device)}
+                      "warmup_s": round(warmup_s, 1), "final_loss": float(loss), "network": exp.to_dict()["network"],
+                      "compiled": compile, "compile_mode": args.compile_mode if compile else None,
+                      "device": _device_name(device), "versions": _versions(args.device)}
             Path(args.worker).write_text(json.dumps(result))
     finally:
         if world > 1:
@@ -117,6 +118,14 @@ def _settle(trainer, world: int) -> None:
         torch.cuda.synchronize(trainer.device)
     if world > 1:
         torch.distributed.barrier()
+
+
+def _versions(device: str) -> dict[str, Any]:
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    if device == "cuda":
+        versions.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                        nccl=".".join(map(str, torch.cuda.nccl.version())))
+    return versions
 
 
 def _device_name(device: str) -> str:
@@ -197,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = scaling([launch(args, n) for n in args.gpus])
     measured = [r for r in rows if "images_per_s" in r]
     card = measured[0]["device"] if measured else args.device
-    print(f"{Path(args.config).name}, {args.per_gpu_batch} images per GPU, {card}, torch {torch.__version__}, "
+    versions = ", ".join(f"{k} {v}" for k, v in (measured[0]["versions"] if measured else {}).items())
+    print(f"{Path(args.config).name}, {args.per_gpu_batch} images per GPU, {card} ({versions}), "
           f"{args.windows} windows of {args.steps} steps after {args.warmup}")
     print(table(rows))
     target = args.json or (os.path.join(os.environ["OUT"], "ddp_scaling.json") if os.environ.get("OUT") else None)

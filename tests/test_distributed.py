@@ -164,6 +164,19 @@ def test_sync_batchnorm_converts_on_cuda_only(tmp_path, capsys):
         Trainer(exp, random_images(8, 16), tmp_path, RunOptions(progress=False, world_size=2, sync_batchnorm=True))
 
 
+def test_sync_batchnorm_flag_reaches_the_trainer(tmp_path, capsys):
+    """`train --sync-batchnorm` in one process trains, saying the flag changes nothing there."""
+    from diffusion_core.cli import main
+    from tests.test_cli import tiny_training_inputs
+
+    data, cfg = tiny_training_inputs(tmp_path, images=8, epochs=1, every=0)
+    assert main(["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet",
+                 "--max-steps", "1", "--sync-batchnorm", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "sync_batchnorm: one process, BatchNorm already sees the whole batch; nothing to do" in out
+    assert "stopped at step 1" in out
+
+
 def test_single_process_keeps_its_random_stream():
     """rank 0 of a one-process run draws exactly what the run drew before DDP existed."""
     assert _step_seed(3, 10) == _step_seed(3, 10, 0) == (3 * 1_000_003 + 10 * 7919 + 17)
