@@ -108,8 +108,9 @@ class Trainer:
             self.normalization = PixelNormalization()
         self._pixel_stats = self.normalization.tensors(self.device)  # mean, std [1 x 3 x 1 x 1]
         self.rank, self.world = options.rank, options.world_size
-        check_split(experiment.train.batch_size, self.world, 2 * len(images) if experiment.data.augment == "flip_x2"
-                    else len(images))
+        n = len(images)
+        self.items_per_epoch = 2 * n if experiment.data.augment == "flip_x2" else n
+        check_split(experiment.train.batch_size, self.world, self.items_per_epoch)
         torch.manual_seed(experiment.train.seed)  # network initialisation
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
         self.network = build_network(experiment.network).to(self.device, memory_format=fmt)
@@ -145,8 +146,6 @@ class Trainer:
         self.step = 0
         self.wall_time = 0.0
         self.last_loss = float("nan")
-        n = len(images)
-        self.items_per_epoch = 2 * n if experiment.data.augment == "flip_x2" else n
         self.steps_per_epoch = max(1, self.items_per_epoch // t.batch_size)  # drop the ragged batch
         self.total_steps = self.steps_per_epoch * t.epochs
         self._order_epoch, self._order = -1, None
@@ -471,7 +470,7 @@ def check_split(batch_size: int, world_size: int, items_per_epoch: int) -> None:
                          f"use a multiple of {world_size}")
     if items_per_epoch < batch_size:
         raise ValueError(f"{items_per_epoch} training items per epoch are fewer than train.batch_size {batch_size}: "
-                         f"under {world_size} processes every step needs a whole batch")
+                         f"under {world_size} processes every step needs a whole batch (lower --batch-size or add images)")
 
 
 def with_sync_batchnorm(network: torch.nn.Module, device_type: str, world_size: int) -> torch.nn.Module:
