@@ -59,7 +59,8 @@ def train(args: argparse.Namespace) -> int:
     dataset = {"name": images.name, "source": images.source, "available": images.num_available}
     compile, compile_mode = compile_settings(device, world, args.compile, args.compile_mode)
     options = RunOptions(device=device, compile=compile, compile_mode=compile_mode, max_steps=args.max_steps,
-                         time_limit=args.time_limit, progress=not args.quiet, rank=rank, world_size=world)
+                         time_limit=args.time_limit, progress=not args.quiet, rank=rank, world_size=world,
+                         sync_batchnorm=args.sync_batchnorm)
     try:
         trainer = Trainer(exp, images.images, args.out, options, dataset)
         if trainer.resume():

@@ -56,6 +56,7 @@ class RunOptions:
     world_size: int = 1
     progress: bool = True
     sample_count: int = 16  # images in each sample grid
+    sync_batchnorm: bool = False  # under DDP on CUDA: BatchNorm statistics over the whole batch (SyncBatchNorm)
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -110,9 +111,15 @@ class Trainer:
         else:
             self.normalization = PixelNormalization()
         self._pixel_stats = self.normalization.tensors(self.device)  # mean, std [1 x 3 x 1 x 1]
+        self.rank, self.world = options.rank, options.world_size
+        n = len(images)
+        self.items_per_epoch = 2 * n if experiment.data.augment == "flip_x2" else n
+        check_split(experiment.train.batch_size, self.world, self.items_per_epoch)
         torch.manual_seed(experiment.train.seed)  # network initialisation
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
         self.network = build_network(experiment.network).to(self.device, memory_format=fmt)
+        if options.sync_batchnorm:
+            self.network = with_sync_batchnorm(self.network, self.device.type, self.world)
         self.ema = build_network(experiment.network).to(self.device, memory_format=fmt)
         self.ema.load_state_dict(self.network.state_dict())
         self.ema.eval().requires_grad_(False)
@@ -122,9 +129,6 @@ class Trainer:
         t = experiment.train
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=t.learning_rate,
                                            weight_decay=t.weight_decay, fused=self.cuda)
-        self.rank, self.world = options.rank, options.world_size
-        if self.world > 1 and t.batch_size % self.world:
-            raise ValueError(f"batch size {t.batch_size} does not split over {self.world} processes")
         self.eager = self.network
         if self.world > 1:  # gradients averaged over the processes; rank r takes rows r::world
             from torch.nn.parallel import DistributedDataParallel
@@ -146,8 +150,6 @@ class Trainer:
         self.step = 0
         self.wall_time = 0.0
         self.last_loss = float("nan")
-        n = len(images)
-        self.items_per_epoch = 2 * n if experiment.data.augment == "flip_x2" else n
         self.steps_per_epoch = max(1, self.items_per_epoch // t.batch_size)  # drop the ragged batch
         self.total_steps = self.steps_per_epoch * t.epochs
         self._order_epoch, self._order = -1, None
@@ -529,6 +531,35 @@ def optimizer_state_like(param: torch.Tensor, entries: dict[str, torch.Tensor], 
         else:
             out[k] = v
     return out
+
+
+def check_split(batch_size: int, world_size: int, items_per_epoch: int) -> None:
+    """Refuse a run whose global batch cannot be shared equally by ``world_size`` processes (rank r
+    takes rows r::world of each batch, and DDP averages the ranks' mean losses with equal weights,
+    which is the batch's mean loss only when every rank holds as many rows)."""
+    if world_size <= 1:
+        return
+    if batch_size % world_size:
+        raise ValueError(f"train.batch_size {batch_size} does not split over {world_size} processes: "
+                         f"use a multiple of {world_size}")
+    if items_per_epoch < batch_size:
+        raise ValueError(f"{items_per_epoch} training items per epoch are fewer than train.batch_size {batch_size}: "
+                         f"under {world_size} processes every step needs a whole batch (lower --batch-size or add images)")
+
+
+def with_sync_batchnorm(network: torch.nn.Module, device_type: str, world_size: int) -> torch.nn.Module:
+    """The network with its BatchNorm layers as ``SyncBatchNorm`` (statistics over the global
+    batch, all ranks), for DDP on CUDA. The parameters and buffers are the same tensors and the
+    state-dict keys unchanged, so checkpoints and resume states stay those of the plain network.
+    One process: unchanged (its BatchNorm already sees the whole batch). Not CUDA: refused, as
+    PyTorch's SyncBatchNorm runs on GPUs only."""
+    if world_size <= 1:
+        print("sync_batchnorm: one process, BatchNorm already sees the whole batch; nothing to do")
+        return network
+    if device_type != "cuda":
+        raise ValueError(f"sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no {device_type} kernels); "
+                         f"drop --sync-batchnorm for this {device_type} run")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
 
 
 def _device_name(device: torch.device) -> str:
