@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from diffusion_core import seeds as core_seeds
+from diffusion_core.config import ExperimentConfig
+from diffusion_core.samplers import DEFAULT_SAMPLER, REGISTRY
 from diffusion_core.unet import UNetConfig
 
 MAX_IMAGES = 256  # images in one grid
@@ -72,6 +74,15 @@ def default_plan(gflops: float, device: str, threads: int, count: int = 4,
             if estimate_seconds(gflops, n * steps, device, threads) <= share * DEFAULT_SECONDS:
                 return n, steps
     return 1, ladder[-1]
+
+
+def trained_sampler(experiment: ExperimentConfig) -> str:
+    """The sampler a checkpoint was trained for, its pages' default: the DDPM family's ancestral
+    sampler (Ho et al. 2020) for a DDPM experiment, DDIM for a DDIM one; without a family, DDPM
+    for a discrete schedule (a DDPM noise predictor) and the default sampler otherwise."""
+    if experiment.family in REGISTRY:
+        return experiment.family
+    return "ddpm" if experiment.schedule.is_discrete else DEFAULT_SAMPLER
 
 
 def sweep_steps(limit: int) -> list[int]:

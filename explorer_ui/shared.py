@@ -1,0 +1,119 @@
+"""The settings that pages share (checkpoint, sampler, steps, first seed): kept in the session,
+so that a page opens on what the last page used, and mirrored in the URL's query string
+(``?checkpoint=ours2_eps&sampler=ddim&steps=20&seed=3``), so that a view can be shared.
+
+Each page keeps its own widget keys (``sample_seed``, ``traj_seed``, ...); Streamlit forgets a
+page's widget state when another page runs, so a page's widget that has no state yet starts from
+the shared value (``restore``), and every drawn widget's value becomes the shared one (``keep``).
+
+The URL is untrusted: it is read once per session (the first run), each value checked
+(``parse``); a value that is not valid is ignored and said so in a note on the page, never an
+exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import streamlit as st
+
+from diffusion_core.samplers import REGISTRY
+
+from . import plans
+
+NAMES = ("checkpoint", "sampler", "steps", "seed")
+STATE, READ, NOTES = "shared_settings", "shared_url_read", "shared_url_notes"
+MAX_URL_STEPS = 100_000  # beyond any schedule; a model's own limit is checked when the value is used
+MAX_TEXT = 200  # longest checkpoint label taken from a URL
+
+
+def _whole(name: str, text: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{name}={text[:40]!r} is not a whole number")
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is outside {low} to {high}")
+    return value
+
+
+def parse(name: str, text: str, labels: list[str]) -> Any:
+    """One query value -> the setting's value; ``ValueError`` naming the field when it is not valid."""
+    text = text.strip()
+    if name == "checkpoint":
+        if len(text) > MAX_TEXT or text not in labels:
+            raise ValueError(f"checkpoint={text[:40]!r} is not a checkpoint listed here")
+        return text
+    if name == "sampler":
+        if text not in REGISTRY:
+            raise ValueError(f"sampler={text[:40]!r} is not one of {', '.join(REGISTRY)}")
+        return text
+    if name == "steps":
+        return _whole(name, text, 1, MAX_URL_STEPS)
+    if name == "seed":
+        return _whole(name, text, 0, plans.MAX_SEED)
+    raise ValueError(f"unknown setting {name}")
+
+
+def settings() -> dict[str, Any]:
+    return st.session_state.setdefault(STATE, {})
+
+
+def read_url(labels: list[str]) -> None:
+    """Once per session: the URL's settings into the shared ones; notes for the values ignored."""
+    if st.session_state.get(READ):
+        return
+    st.session_state[READ] = True
+    notes = []
+    for name in NAMES:
+        if name not in st.query_params:
+            continue
+        try:
+            settings()[name] = parse(name, st.query_params[name], labels)
+        except ValueError as e:
+            notes.append(f"{e}; ignored.")
+    st.session_state[NOTES] = notes
+
+
+def show_notes() -> None:
+    """The URL's values that were ignored, as one warning (until a shared setting changes)."""
+    notes = st.session_state.get(NOTES)
+    if notes:
+        st.warning("The link's settings were not all usable: " + " ".join(notes))
+
+
+def write_url() -> None:
+    """The query string mirrors the shared settings (only these keys; others are left alone)."""
+    for name in NAMES:
+        value = settings().get(name)
+        if value is None:
+            if name in st.query_params:
+                del st.query_params[name]
+        elif st.query_params.get(name) != str(value):
+            st.query_params[name] = str(value)
+
+
+def get(name: str) -> Any:
+    return settings().get(name)
+
+
+def restore(widget_key: str, name: str, fits: Callable[[Any], bool] = lambda value: True) -> None:
+    """Before a page draws its widget ``widget_key``: give it the shared ``name`` if the widget has
+    no state of its own yet and the value ``fits`` this page (e.g. within the model's step limit)."""
+    value = get(name)
+    if widget_key not in st.session_state and value is not None and fits(value):
+        st.session_state[widget_key] = value
+
+
+def keep(name: str, value: Any) -> None:
+    """A drawn widget's value becomes the shared setting (and the URL's)."""
+    if settings().get(name) != value:
+        if name in settings():
+            st.session_state[NOTES] = []  # the user moved on from the link
+        settings()[name] = value
+    write_url()
+
+
+def forget(*names: str) -> None:
+    """Drop shared settings that depend on something just changed (a new checkpoint's defaults)."""
+    for name in names:
+        settings().pop(name, None)
