@@ -38,7 +38,7 @@ with right, widgets.guard("Recording the trajectory"):
             widgets.show(traj.pred_x0[i], f"predicted x0 at step {i}", target=SHOWN, where=b, width=SHOWN)
             st.caption(f"Step {i} of {last}: t = {time_fraction(schedule, traj.times[i]):.3f} (1 is pure noise, "
                        f"0 clean), signal rate {traj.signal_rates[i]:.3f}, noise rate {traj.noise_rates[i]:.3f}.",
-                       help=describe_time(schedule, traj.times[i]).capitalize() + ".")
+                       help=describe_time(schedule, traj.times[i]) + ".")
         else:
             widgets.show(traj.x_t[last], f"finished sample after {last} steps", target=SHOWN, where=a,
                          width=SHOWN)

@@ -135,8 +135,8 @@ def time_fraction(config: ScheduleConfig, t: float) -> float:
 def describe_time(config: ScheduleConfig, t: float) -> str:
     """The model's own time of ``t``, in words (a tooltip beside ``time_fraction``)."""
     if config.is_discrete:
-        return f"this model's own time: step t = {int(t)} of its discrete schedule's 0 to {config.num_timesteps - 1}"
-    return f"this model's own time: t = {float(t):.4g} on its continuous schedule's 0 to 1"
+        return f"This model's own time: step t = {int(t)} of its discrete schedule's 0 to {config.num_timesteps - 1}"
+    return f"This model's own time: t = {float(t):.4g} on its continuous schedule's 0 to 1"
 
 
 def max_sampling_steps(config: ScheduleConfig) -> int:

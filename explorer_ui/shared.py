@@ -22,7 +22,7 @@ from diffusion_core.samplers import REGISTRY
 from . import plans
 
 NAMES = ("checkpoint", "sampler", "steps", "seed")
-STATE, READ, NOTES = "shared_settings", "shared_url_read", "shared_url_notes"
+STATE, READ, NOTES, UNUSED = "shared_settings", "shared_url_read", "shared_url_notes", "shared_url_unused"
 MAX_URL_STEPS = 100_000  # beyond any schedule; a model's own limit is checked when the value is used
 MAX_TEXT = 200  # longest checkpoint label taken from a URL
 
@@ -63,22 +63,24 @@ def read_url(labels: list[str]) -> None:
     if st.session_state.get(READ):
         return
     st.session_state[READ] = True
-    notes = []
+    notes, unused = [], set()
     for name in NAMES:
         if name not in st.query_params:
             continue
         try:
             settings()[name] = parse(name, st.query_params[name], labels)
+            unused.add(name)
         except ValueError as e:
             notes.append(f"{e}; ignored.")
-    st.session_state[NOTES] = notes
+    st.session_state[NOTES], st.session_state[UNUSED] = notes, unused
 
 
-def show_notes() -> None:
-    """The URL's values that were ignored, as one warning (until a shared setting changes)."""
+def show_notes(where) -> None:
+    """The URL's values that were ignored, as one warning in ``where`` (until the user changes a
+    shared setting: ``keep``)."""
     notes = st.session_state.get(NOTES)
     if notes:
-        st.warning("The link's settings were not all usable: " + " ".join(notes))
+        where.warning("The link's settings were not all usable: " + " ".join(notes))
 
 
 def write_url() -> None:
@@ -96,12 +98,22 @@ def get(name: str) -> Any:
     return settings().get(name)
 
 
-def restore(widget_key: str, name: str, fits: Callable[[Any], bool] = lambda value: True) -> None:
+def restore(widget_key: str, name: str, fits: Callable[[Any], bool] = lambda value: True,
+            limits: str = "") -> None:
     """Before a page draws its widget ``widget_key``: give it the shared ``name`` if the widget has
-    no state of its own yet and the value ``fits`` this page (e.g. within the model's step limit)."""
+    no state of its own yet and the value ``fits`` this page (e.g. within the model's step limit).
+    A link's value that does not fit the first page to use it is dropped with a note (``limits``
+    says what would fit)."""
     value = get(name)
-    if widget_key not in st.session_state and value is not None and fits(value):
+    first_use = name in st.session_state.get(UNUSED, ())
+    st.session_state.get(UNUSED, set()).discard(name)
+    if widget_key in st.session_state or value is None:
+        return
+    if fits(value):
         st.session_state[widget_key] = value
+    elif first_use:
+        forget(name)
+        st.session_state.setdefault(NOTES, []).append(f"{name}={value} does not fit here ({limits}); ignored.")
 
 
 def keep(name: str, value: Any) -> None:

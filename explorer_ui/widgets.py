@@ -299,12 +299,13 @@ def sampler_inputs(prefix: str, choice: ModelChoice, deterministic: bool = False
     trained = plans.trained_sampler(choice.model.experiment)
     first = trained if trained in names else DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0]
     about += f". This checkpoint was trained for {REGISTRY[trained].label}" if trained in REGISTRY else ""
-    shared.restore(f"{prefix}_sampler", "sampler", lambda value: value in names)
+    shared.restore(f"{prefix}_sampler", "sampler", lambda value: value in names, "this page offers " + ", ".join(names))
     name = where.selectbox("Sampler", names, index=names.index(first), key=f"{prefix}_sampler",
                            format_func=lambda n: REGISTRY[n].label, help=about + ".")
     shared.keep("sampler", name)
     limit = step_limit(name, choice.model.experiment.schedule)
-    shared.restore(f"{prefix}_steps", "steps", lambda value: 1 <= value <= limit)
+    shared.restore(f"{prefix}_steps", "steps", lambda value: 1 <= value <= limit,
+                   f"{REGISTRY[name].label} takes 1 to {limit} steps on this model")
     steps = steps_input(prefix, choice.steps0, limit, where)
     if 1 <= steps <= limit:
         shared.keep("steps", steps)
