@@ -5,8 +5,9 @@
 A thin router. First the page list and the page's title, before anything imports torch, so that a
 visitor sees the app at once, whatever the load of the machine; then torch and the core, the
 settings in the sidebar, those a shared link carries (``explorer_ui/shared.py``), and the page:
-one file of ``app_pages/`` per task, titled here from its ``st.Page`` (Home by the app's name). (The folder is not called ``pages/``: Streamlit would list the files of a
-``pages/`` folder by name as a page menu of its own until this script's ``st.navigation`` runs.)
+one file of ``app_pages/`` per task, titled here from its ``st.Page`` (Home by the app's name).
+(The folder is not called ``pages/``: Streamlit would list the files of a ``pages/`` folder by
+name as a page menu of its own until this script's ``st.navigation`` runs.)
 
 Checkpoints come from ``checkpoints/`` (or ``$DIFFUSION_EXPLORER_CHECKPOINTS``) and any folder
 named in the sidebar.

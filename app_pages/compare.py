@@ -65,7 +65,8 @@ else:
 st.subheader("Step sweep")
 left, right = st.columns([1, 3])
 with left:
-    entry = widgets.pick_checkpoint(entries, "sweep_checkpoint", reset=("sweep_steps",))
+    entry = widgets.pick_checkpoint(entries, "sweep_checkpoint", reset=("sweep_steps",),
+                                    index=catalog.best_index(entries))
     ref, model = widgets.load(entry)
     choices = plans.sweep_steps(step_limit(SAMPLER, model.experiment.schedule))
     default = plans.sweep_default(choices, widgets.gflops(model), widgets.current_device(), compute.threads(),

@@ -212,7 +212,8 @@ def test_eta_starts_a_job_only_when_applied(monkeypatch, folder, media):
     clean(at)
     assert calls[1:] == [SamplerConfig("ddim", 20, 0.15)]
     model = load_checkpoint(folder / "tiny_a.json")
-    assert_shows(pixels(media, at.image[0]), make_grid(real(model, [0, 1, 2, 3], SamplerConfig("ddim", 20, 0.15)), cols=4))
+    expected = real(model, [0, 1, 2, 3], SamplerConfig("ddim", 20, 0.15))
+    assert_shows(pixels(media, at.image[0]), make_grid(expected, cols=4))
 
 
 # ------------------------------------------------------------------------------ home, Experiments
