@@ -285,3 +285,15 @@ def test_trajectory_one_time_convention_and_one_picture_size(monkeypatch, tmp_pa
         if i == 0:
             assert caption.proto.help == f"This model's own time: {own}."
     assert shapes == {(256, 256, 3)}
+
+
+def test_every_measured_unshipped_experiment_is_a_row_with_its_ratio():
+    """Each experiment of results/descriptions/ measured at equal N (the README's table) whose weights
+    do not ship is a row of the Experiments table, FID / floor shown."""
+    results = ROOT / "results" / "descriptions"  # the repo's (the autouse fixture hides them from the app)
+    measured = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json") if p.name not in catalog.NOT_RESULTS}
+    expected = {name: d["metrics"]["equal_n"]["ratio"] for name, d in measured.items()
+                if "shipped" not in d and (d.get("metrics") or {}).get("equal_n")}
+    assert {"ddim_02", "ddim_04", "ddim_05", "ddim_06", "ddpm_01"} <= expected.keys()
+    rows = {row["name"]: row for row in catalog.unshipped_results(folder=results)}
+    assert {name: rows[name]["FID / floor"] for name in expected if name in rows} == expected
