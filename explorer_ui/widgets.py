@@ -163,11 +163,17 @@ def pick_checkpoint(entries: Sequence[catalog.Entry], key: str, label: str = "Ch
         st.session_state.pop(key, None)
     if share:
         shared.restore(key, "checkpoint", lambda value: value in labels)
-    choice = st.selectbox(label, labels, index=min(index, len(labels) - 1), key=key,
+    choice = st.selectbox(label, labels, **_unless_set(key, index=min(index, len(labels) - 1)), key=key,
                           on_change=forget, args=(tuple(reset), ("sampler", "steps") if share else ()))
     if share:
         shared.keep("checkpoint", choice)
     return entries[labels.index(choice)]
+
+
+def _unless_set(key: str, **default) -> dict:
+    """A widget's default argument, left out when its value is already in the session state (set
+    by ``shared.restore``): Streamlit takes the state's value and warns when given both."""
+    return {} if key in st.session_state else default
 
 
 def forget(keys: Sequence[str], shared_names: Sequence[str] = ()) -> None:
@@ -234,8 +240,8 @@ def seed_inputs(prefix: str, count: int | None = 4, where=None) -> tuple[int, in
     """First seed and number of images (None: one seed only)."""
     where = where or st
     shared.restore(f"{prefix}_seed", "seed", lambda value: 0 <= value <= plans.MAX_SEED)
-    seed = where.number_input("First seed", min_value=0, max_value=plans.MAX_SEED, value=0, step=1,
-                              key=f"{prefix}_seed", help="Image i uses seed first + i: the same seed "
+    seed = where.number_input("First seed", min_value=0, max_value=plans.MAX_SEED, step=1,
+                              **_unless_set(f"{prefix}_seed", value=0), key=f"{prefix}_seed", help="Image i uses seed first + i: the same seed "
                               "gives the same image on any machine.")
     shared.keep("seed", int(seed))
     if count is None:
@@ -246,8 +252,9 @@ def seed_inputs(prefix: str, count: int | None = 4, where=None) -> tuple[int, in
 
 
 def steps_input(prefix: str, default: int, limit: int, where=None) -> int:
-    return int((where or st).number_input("Sampling steps", value=min(default, limit), step=1, key=f"{prefix}_steps",
-                                          help=f"1 to {limit} for this model's schedule; fewer is faster."))
+    key = f"{prefix}_steps"
+    return int((where or st).number_input("Sampling steps", **_unless_set(key, value=min(default, limit)), step=1,
+                                          key=key, help=f"1 to {limit} for this model's schedule; fewer is faster."))
 
 
 @dataclass(frozen=True)
@@ -299,8 +306,9 @@ def sampler_inputs(prefix: str, choice: ModelChoice, deterministic: bool = False
     trained = plans.trained_sampler(choice.model.experiment)
     first = trained if trained in names else DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0]
     about += f". This checkpoint was trained for {REGISTRY[trained].label}" if trained in REGISTRY else ""
-    shared.restore(f"{prefix}_sampler", "sampler", lambda value: value in names, "this page offers " + ", ".join(names))
-    name = where.selectbox("Sampler", names, index=names.index(first), key=f"{prefix}_sampler",
+    key = f"{prefix}_sampler"
+    shared.restore(key, "sampler", lambda value: value in names, "this page offers " + ", ".join(names))
+    name = where.selectbox("Sampler", names, **_unless_set(key, index=names.index(first)), key=key,
                            format_func=lambda n: REGISTRY[n].label, help=about + ".")
     shared.keep("sampler", name)
     limit = step_limit(name, choice.model.experiment.schedule)
