@@ -7,7 +7,8 @@ training images in FID-Inception feature space (no streamlit); ``requests`` hold
 for, as frozen records validated once (no streamlit); ``compute`` configures torch threads and
 owns the inference locks; ``cache`` is the one place with ``st.cache_resource`` (models) and
 ``st.cache_data`` (arrays, keyed on the requests); ``widgets`` holds the sidebar, pickers, the
-inputs that end in a request, image display and the error guard that every page action runs under.
+inputs that end in a request, image display and the error guard that every page action runs under;
+``shared`` keeps the settings pages share (checkpoint, sampler, steps, seed) and mirrors them in the URL.
 
 Nothing here is imported before ``app.py`` has drawn the page list and title (see ``app.py``).
 """
