@@ -241,8 +241,8 @@ def seed_inputs(prefix: str, count: int | None = 4, where=None) -> tuple[int, in
     where = where or st
     shared.restore(f"{prefix}_seed", "seed", lambda value: 0 <= value <= plans.MAX_SEED)
     seed = where.number_input("First seed", min_value=0, max_value=plans.MAX_SEED, step=1,
-                              **_unless_set(f"{prefix}_seed", value=0), key=f"{prefix}_seed", help="Image i uses seed first + i: the same seed "
-                              "gives the same image on any machine.")
+                              **_unless_set(f"{prefix}_seed", value=0), key=f"{prefix}_seed",
+                              help="Image i uses seed first + i: the same seed gives the same image on any machine.")
     shared.keep("seed", int(seed))
     if count is None:
         return int(seed), 1
@@ -305,7 +305,7 @@ def sampler_inputs(prefix: str, choice: ModelChoice, deterministic: bool = False
         about += ". Deterministic samplers only, so that nearby noise gives nearby images"
     trained = plans.trained_sampler(choice.model.experiment)
     first = trained if trained in names else DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0]
-    about += f". This checkpoint was trained for {REGISTRY[trained].label}" if trained in REGISTRY else ""
+    about += f". This checkpoint was trained for {REGISTRY[trained].label}"
     key = f"{prefix}_sampler"
     shared.restore(key, "sampler", lambda value: value in names, "this page offers " + ", ".join(names))
     name = where.selectbox("Sampler", names, **_unless_set(key, index=names.index(first)), key=key,
