@@ -27,9 +27,15 @@ MAX_URL_STEPS = 100_000  # beyond any schedule; a model's own limit is checked w
 MAX_TEXT = 200  # longest checkpoint label taken from a URL
 
 
+def shown(text: str) -> str:
+    """An untrusted value as a markdown code span (shown literally: no link, image or formatting
+    from a crafted URL), cut to 40 characters, without backticks and unprintable characters."""
+    return "`" + "".join(c for c in text[:40] if c.isprintable() and c != "`") + "`"
+
+
 def _whole(name: str, text: str, low: int, high: int) -> int:
     if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"{name}={text[:40]!r} is not a whole number")
+        raise ValueError(f"{name}={shown(text)} is not a whole number")
     value = int(text)
     if not low <= value <= high:
         raise ValueError(f"{name}={value} is outside {low} to {high}")
@@ -41,11 +47,11 @@ def parse(name: str, text: str, labels: list[str]) -> Any:
     text = text.strip()
     if name == "checkpoint":
         if len(text) > MAX_TEXT or text not in labels:
-            raise ValueError(f"checkpoint={text[:40]!r} is not a checkpoint listed here")
+            raise ValueError(f"checkpoint={shown(text)} is not a checkpoint listed here")
         return text
     if name == "sampler":
         if text not in REGISTRY:
-            raise ValueError(f"sampler={text[:40]!r} is not one of {', '.join(REGISTRY)}")
+            raise ValueError(f"sampler={shown(text)} is not one of {', '.join(REGISTRY)}")
         return text
     if name == "steps":
         return _whole(name, text, 1, MAX_URL_STEPS)

@@ -92,11 +92,14 @@ def test_a_shared_link_opens_on_its_settings(monkeypatch, folder, media):
 
 
 @pytest.mark.parametrize("query, note", [
-    ({"checkpoint": "../../etc/passwd"}, "checkpoint='../../etc/passwd' is not a checkpoint listed here"),
-    ({"sampler": "exec"}, "sampler='exec' is not one of ddpm, ddim, dpmpp_2m"),
-    ({"steps": "1e9"}, "steps='1e9' is not a whole number"),
+    ({"checkpoint": "../../etc/passwd"}, "checkpoint=`../../etc/passwd` is not a checkpoint listed here"),
+    ({"checkpoint": "![x](http://e.vil/x.png)`**"}, "checkpoint=`![x](http://e.vil/x.png)**` is not a checkpoint "
+                                                    "listed here"),  # shown literally, never as markdown
+    ({"sampler": "exec"}, "sampler=`exec` is not one of ddpm, ddim, dpmpp_2m"),
+    ({"steps": "1e9"}, "steps=`1e9` is not a whole number"),
     ({"steps": "0"}, "steps=0 is outside 1 to 100000"),
-    ({"seed": "-1"}, "seed='-1' is not a whole number"),
+    ({"seed": "-1"}, "seed=`-1` is not a whole number"),
+    ({"seed": "٣"}, "seed=`٣` is not a whole number"),  # a digit to str.isdigit, not to the seed grammar
     ({"seed": str(2**40)}, f"seed={2**40} is outside 0 to {2**31 - 1}"),
 ])
 def test_invalid_link_values_are_ignored_with_a_note(monkeypatch, folder, query, note):
