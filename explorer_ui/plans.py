@@ -77,12 +77,10 @@ def default_plan(gflops: float, device: str, threads: int, count: int = 4,
 
 
 def trained_sampler(experiment: ExperimentConfig) -> str:
-    """The sampler a checkpoint was trained for, its pages' default: the DDPM family's ancestral
-    sampler (Ho et al. 2020) for a DDPM experiment, DDIM for a DDIM one; without a family, DDPM
-    for a discrete schedule (a DDPM noise predictor) and the default sampler otherwise."""
-    if experiment.family in REGISTRY:
-        return experiment.family
-    return "ddpm" if experiment.schedule.is_discrete else DEFAULT_SAMPLER
+    """The sampler a checkpoint was trained for, its pages' default: the description's family
+    names it (``ddpm``: Ho et al.'s ancestral sampler, the linear-schedule noise predictor it was
+    trained with; ``ddim``: DDIM), else the default sampler."""
+    return experiment.family if experiment.family in REGISTRY else DEFAULT_SAMPLER
 
 
 def sweep_steps(limit: int) -> list[int]:
