@@ -1,5 +1,6 @@
-"""Experiments (home): every checkpoint found, its facts and metrics, sample thumbnails, charts;
-then the experiments trained on the GPU whose weights do not ship (``docs/results/``)."""
+"""Experiments: every checkpoint found, its FID and FID / floor first, then its facts and other
+metrics, sample thumbnails, charts; with the experiments trained on the GPU whose weights do not
+ship (``results/descriptions/``)."""
 
 import pandas as pd
 import streamlit as st
@@ -41,7 +42,9 @@ st.dataframe(
         "images seen": st.column_config.NumberColumn(format="compact"),
         "training time (h)": st.column_config.NumberColumn(format="%.2f"),
         "FID": st.column_config.NumberColumn(format="%.2f", help="Measured by this repo with N = 'FID samples' "
-                                                              "generated images (FID depends on N)"),
+                                                              "generated images (FID depends on N: compare rows "
+                                                              "of equal N)"),
+        "FID / floor": st.column_config.NumberColumn(format="%.2f", help=catalog.RATIO_NOTE),
         "KID": st.column_config.NumberColumn(format="%.4f"),
         "seed FID (reported)": st.column_config.NumberColumn(format="%.2f", help=charts.SEED_FID_NOTE),
         "about": st.column_config.TextColumn(help="The experiment's own description (e.g. a seed row, or a "

@@ -144,6 +144,19 @@ class TimeGrid:
         return len(self.times)
 
 
+def time_fraction(config: ScheduleConfig, t: float) -> float:
+    """Schedule time on one scale for every model: 1 the noisiest trained level, 0 clean. A
+    continuous schedule's t already is; a discrete step t in 0..T-1 is (t + 1) / T (so T-1 -> 1)."""
+    return (float(t) + 1.0) / config.num_timesteps if config.is_discrete else float(t)
+
+
+def describe_time(config: ScheduleConfig, t: float) -> str:
+    """The model's own time of ``t``, in words (a tooltip beside ``time_fraction``)."""
+    if config.is_discrete:
+        return f"This model's own time: step t = {int(t)} of its discrete schedule's 0 to {config.num_timesteps - 1}"
+    return f"This model's own time: t = {float(t):.4g} on its continuous schedule's 0 to 1"
+
+
 def max_sampling_steps(config: ScheduleConfig) -> int:
     """Largest step count a sampler may use: T (less a leading grid's steps_offset, which would
     push the last grid step past T-1) for discrete schedules, 1000 for continuous."""

@@ -10,6 +10,7 @@ measured speed that time estimates use (no streamlit); ``cache`` is the one plac
 ``st.cache_data`` (arrays, keyed on the requests); ``widgets`` holds the sidebar, pickers, the
 inputs that end in a request, image display and the error guard that every page action runs under;
 ``settings`` reads the switches an operator sets in the environment (no streamlit).
+``shared`` keeps the settings pages share (checkpoint, sampler, steps, seed) and mirrors them in the URL.
 
 Nothing here is imported before ``app.py`` has drawn the page list and title (see ``app.py``).
 """

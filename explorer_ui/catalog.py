@@ -37,6 +37,9 @@ MAX_LOG_BYTES = 64 << 20
 RESULTS_FOLDER = REPO_ROOT / "results" / "descriptions"  # descriptions of every experiment trained on the GPU
 NOT_RESULTS = {"floors.json"}  # real-vs-real FID floors per resolution, not an experiment
 SHIPPED = "available"  # the "weights" column of a checkpoint whose weights are at hand
+RATIO_NOTE = ("FID at equal N divided by the real-vs-real floor at the same N (samples against one half of the "
+              "training images, beside the FID between the two halves; mean of three splits): 1 means "
+              "indistinguishable from real images at this N. Empty where it was not measured.")
 
 log = logging.getLogger("explorer_ui")
 
@@ -326,6 +329,8 @@ def description_row(label: str, description: dict[str, Any]) -> dict[str, Any]:
     measured = _fid_result(d)
     return {
         "name": label,
+        "FID": _number(measured.get("fid")),
+        "FID / floor": _number(_get(measured, "equal_n", "ratio")),
         "family": str(exp.get("family", "")).upper() or None,
         "epochs": epochs if epochs is not None else _number(_get(exp, "train", "epochs")),
         "samples": _number(_get(exp, "data", "samples")),
@@ -337,7 +342,6 @@ def description_row(label: str, description: dict[str, Any]) -> dict[str, Any]:
         "parameters": _number(d.get("parameters")),
         "images seen": _number(_get(d, "training", "images_seen")),
         "training time (h)": wall / 3600 if wall is not None else None,
-        "FID": _number(measured.get("fid")),
         "KID": _number(measured.get("kid")),
         "FID samples": _number(measured.get("num_samples")),
         "seed FID (reported)": _number(exp.get("reported_fid")),
@@ -357,13 +361,19 @@ def guides(entries: Iterable[Entry], main: Entry) -> list[Entry]:
             and not description_mismatches(main.description, e.description)]
 
 
-def best_index(entries: Iterable[Entry]) -> int:
-    """The entry a picker opens on: the lowest recorded FID (the protocol's when there is one),
-    else the first. FIDs at different resolutions are not strictly comparable; this only chooses
-    a starting point, and a user's choice is kept."""
+def by_fid(entries: Iterable[Entry]) -> list[int]:
+    """Indices of ``entries``, the lowest recorded FID (the protocol's when there is one) first,
+    then those without a FID in their order. FIDs at different resolutions are not strictly
+    comparable; this only chooses where pickers start, and a user's choice is kept."""
     fids = [_number(_fid_result(e.description or {}).get("fid")) for e in entries]
-    known = [(f, i) for i, f in enumerate(fids) if f is not None and math.isfinite(f)]
-    return min(known)[1] if known else 0
+    known = sorted((f, i) for i, f in enumerate(fids) if f is not None and math.isfinite(f))
+    return [i for _, i in known] + [i for i, f in enumerate(fids) if f is None or not math.isfinite(f)]
+
+
+def best_index(entries: Iterable[Entry]) -> int:
+    """The entry a picker opens on: the lowest recorded FID (``by_fid``), else the first."""
+    order = by_fid(entries)
+    return order[0] if order else 0
 
 
 def _fid_result(description: dict[str, Any]) -> dict[str, Any]:

@@ -13,13 +13,19 @@ SEED_FID_NOTE = ("Seed FIDs are the numbers reported with the original experimen
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
+    """Title, axis titles and a legend above the plot; the margins grow to fit the tick labels
+    (``automargin``), so long experiment names are never cut off."""
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height,
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+                      margin=dict(l=10, r=10, t=70, b=10),
+                      legend=dict(orientation="h", x=0, y=1.02, xanchor="left", yanchor="bottom"))
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
 def fid_chart(rows: Sequence[dict[str, Any]]) -> go.Figure | None:
-    """Bars of FID per experiment: this repo's FID and, apart, the seed's reported FID."""
+    """Horizontal bars of FID per experiment (names on the vertical axis, read in full, first row
+    on top): this repo's FID and, apart, the seed's reported FID."""
     def finite(v):
         return v is not None and not (isinstance(v, float) and math.isnan(v))
 
@@ -30,11 +36,12 @@ def fid_chart(rows: Sequence[dict[str, Any]]) -> go.Figure | None:
         return None
     fig = go.Figure()
     if any(v is not None for v in ours):
-        fig.add_bar(name="FID (this repo)", x=names, y=ours)
+        fig.add_bar(name="FID (this repo)", y=names, x=ours, orientation="h")
     if any(v is not None for v in seed):
-        fig.add_bar(name="seed FID (reported, not comparable)", x=names, y=seed, opacity=0.45)
+        fig.add_bar(name="seed FID (reported, not comparable)", y=names, x=seed, orientation="h", opacity=0.45)
     fig.update_layout(barmode="group")
-    return _layout(fig, "FID per experiment (lower is better)", "", "FID")
+    fig.update_yaxes(autorange="reversed", type="category")
+    return _layout(fig, "FID per experiment (lower is better)", "FID", "", height=120 + 34 * len(names))
 
 
 def loss_chart(logs: dict[str, dict[str, list[float]]]) -> go.Figure | None:

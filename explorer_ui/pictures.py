@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Sequence
 
 import numpy as np
@@ -12,6 +13,25 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 def _upscale(images: np.ndarray, target: int) -> np.ndarray:
     factor = max(1, target // images.shape[1])
     return images.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else images
+
+
+def common_size(sizes: Sequence[int], most: int = 4) -> int:
+    """The size at which images of ``sizes`` pixels are shown side by side: their least common
+    multiple (each upscaled by a whole factor, crisp) when that is at most ``most`` times the
+    largest, else the largest (the others resampled)."""
+    lcm = math.lcm(*sizes)
+    return lcm if lcm <= most * max(sizes) else max(sizes)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N x S x S x 3] -> [N x size x size x 3]: nearest neighbour when ``size`` is a whole
+    multiple of S, Lanczos otherwise."""
+    n, s = images.shape[0], images.shape[1]
+    if size % s == 0:
+        f = size // s
+        return images.repeat(f, axis=1).repeat(f, axis=2)
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS)) for im in images]) \
+        if n else np.zeros((0, size, size, 3), np.uint8)
 
 
 def labelled_grid(cells: np.ndarray, col_labels: Sequence[str], row_labels: Sequence[str] | None = None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from diffusion_core import seeds as core_seeds
+from diffusion_core.config import ExperimentConfig
+from diffusion_core.samplers import DEFAULT_SAMPLER, REGISTRY
 from diffusion_core.unet import UNetConfig
 
 MAX_IMAGES = 256  # images in one grid
@@ -75,6 +77,13 @@ def default_plan(gflops: float, device: str, threads: int, count: int = 4,
             if estimate_seconds(gflops, n * steps, device, threads) <= share * DEFAULT_SECONDS:
                 return n, steps
     return 1, ladder[-1]
+
+
+def trained_sampler(experiment: ExperimentConfig) -> str:
+    """The sampler a checkpoint was trained for, its pages' default: the description's family
+    names it (``ddpm``: Ho et al.'s ancestral sampler, the linear-schedule noise predictor it was
+    trained with; ``ddim``: DDIM), else the default sampler."""
+    return experiment.family if experiment.family in REGISTRY else DEFAULT_SAMPLER
 
 
 def sweep_steps(limit: int) -> list[int]:

@@ -29,7 +29,7 @@ from diffusion_core.images import png_bytes
 from diffusion_core.samplers import DEFAULT_SAMPLER, REGISTRY, SamplerConfig, step_limit
 from diffusion_core.training import resolve_device
 
-from . import cache, catalog, compute, plans, requests, settings
+from . import cache, catalog, compute, plans, requests, settings, shared
 
 T = TypeVar("T")
 
@@ -157,21 +157,35 @@ def usable_or_stop() -> list[catalog.Entry]:
 
 
 def pick_checkpoint(entries: Sequence[catalog.Entry], key: str, label: str = "Checkpoint",
-                    reset: Sequence[str] = (), index: int = 0) -> catalog.Entry:
+                    reset: Sequence[str] = (), index: int = 0, share: bool = False) -> catalog.Entry:
     """A checkpoint select box; choosing another one resets the widgets in ``reset`` so they
-    take that model's defaults."""
+    take that model's defaults. With ``share`` it opens on the checkpoint of the session (or the
+    link: ``shared``) and its choice becomes the session's, the model-dependent sampler and steps
+    forgotten when it changes."""
     labels = [e.label for e in entries]
     if st.session_state.get(key) not in labels:
         st.session_state.pop(key, None)
-    choice = st.selectbox(label, labels, index=min(index, len(labels) - 1), key=key,
-                          on_change=forget, args=(tuple(reset),))
+    if share:
+        shared.restore(key, "checkpoint", lambda value: value in labels)
+    choice = st.selectbox(label, labels, **_unless_set(key, index=min(index, len(labels) - 1)), key=key,
+                          on_change=forget, args=(tuple(reset), ("sampler", "steps") if share else ()))
+    if share:
+        shared.keep("checkpoint", choice)
     return entries[labels.index(choice)]
 
 
-def forget(keys: Sequence[str]) -> None:
-    """Drop the values of these widgets; the page's next run ``preset``s them afresh."""
+def _unless_set(key: str, **default) -> dict:
+    """A widget's default argument, left out when its value is already in the session state (set
+    by ``shared.restore`` or ``preset``): Streamlit takes the state's value and warns when given both."""
+    return {} if key in st.session_state else default
+
+
+def forget(keys: Sequence[str], shared_names: Sequence[str] = ()) -> None:
+    """Drop the values of these widgets (and of these shared settings); the page's next run
+    ``preset``s them afresh."""
     for k in keys:
         st.session_state.pop(k, None)
+    shared.forget(*shared_names)
 
 
 def preset(key: str, value: Any) -> str:
@@ -304,17 +318,22 @@ def upscale(image: np.ndarray, target: int = 256) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
 
 
-def show(image: np.ndarray, caption: str | None = None, target: int = 256, where=None) -> None:
-    """Show a uint8 [H x W x 3] image as a lossless PNG, upscaled with ``upscale``."""
-    (where or st).image(png_bytes(upscale(image, target)), caption=caption, output_format="PNG")
+def show(image: np.ndarray, caption: str | None = None, target: int = 256, where=None,
+         width: int | None = None) -> None:
+    """Show a uint8 [H x W x 3] image as a lossless PNG, upscaled with ``upscale``; with ``width``,
+    drawn at that many pixels whatever its own size (a picture that must not change size)."""
+    (where or st).image(png_bytes(upscale(image, target)), caption=caption, output_format="PNG",
+                        width=width if width is not None else "content")
 
 
 def seed_inputs(prefix: str, count: int | None = 4, where=None) -> tuple[int, int]:
     """First seed and number of images (None: one seed only)."""
     where = where or st
+    shared.restore(f"{prefix}_seed", "seed", lambda value: 0 <= value <= plans.MAX_SEED)
     seed = where.number_input("First seed", min_value=0, max_value=plans.MAX_SEED, step=1,
                               key=preset(f"{prefix}_seed", 0), help="Image i uses seed first + i: the same seed "
                               "gives the same image on any machine.")
+    shared.keep("seed", int(seed))
     if count is None:
         return int(seed), 1
     n = where.number_input("Images", min_value=1, step=1, key=preset(f"{prefix}_count", count),
@@ -342,8 +361,8 @@ def model_inputs(entries: Sequence[catalog.Entry], prefix: str, count: int = 4,
                  ladder: Sequence[int] = (20, 10, 5), reset: Sequence[str] = ("steps",)) -> ModelChoice:
     """A page's checkpoint picker (choosing another resets ``{prefix}_{reset}`` widgets to that
     model's defaults), the loaded model, and the defaults of the page's action for it."""
-    entry = pick_checkpoint(entries, f"{prefix}_checkpoint", reset=tuple(f"{prefix}_{k}" for k in reset),
-                            index=catalog.best_index(entries))
+    entry = pick_checkpoint(entries, f"{prefix}_checkpoint", index=catalog.best_index(entries), share=True,
+                            reset=tuple(f"{prefix}_{k}" for k in (*reset, "sampler", "clip")))
     ref, model = load(entry)
     count0, steps0 = default_plan([model], count, ladder)
     return ModelChoice(entry, ref, model, count0, steps0)
@@ -356,30 +375,53 @@ class SamplerInputs:
     name: str
     steps: int
     eta: float
+    clip: bool = False  # clip predicted x0 to the data range at each step
 
     def config(self) -> SamplerConfig:
-        return SamplerConfig(self.name, self.steps, self.eta)
+        return SamplerConfig(self.name, self.steps, self.eta, self.clip)
 
 
 def sampler_inputs(prefix: str, choice: ModelChoice, deterministic: bool = False, where=None) -> SamplerInputs:
     """Sampler box (every registered sampler; with ``deterministic`` only those that can run
-    without noise, and no eta), steps (the sampler's limit on the model's schedule) and eta (for
-    the samplers that take it)."""
+    without noise, and no eta), opening on the sampler the checkpoint was trained for; steps (the
+    sampler's limit on the model's schedule); x0 clipping; and eta (for the samplers that take
+    it), applied by its button, so that moving the slider step by step starts no job per step.
+    Sampler and steps are the session's shared ones when they fit (``shared``)."""
     where = where or st
     names = [n for n, spec in REGISTRY.items() if not (deterministic and spec.stochastic)]
     about = "; ".join(f"{REGISTRY[n].label}: {REGISTRY[n].summary}" for n in names)
     if deterministic:
         about += ". Deterministic samplers only, so that nearby noise gives nearby images"
-    name = where.selectbox("Sampler", names, index=names.index(DEFAULT_SAMPLER) if DEFAULT_SAMPLER in names else 0,
-                           key=f"{prefix}_sampler", format_func=lambda n: REGISTRY[n].label, help=about + ".")
-    steps = steps_input(prefix, choice.steps0, step_limit(name, choice.model.experiment.schedule), where)
+    trained = plans.trained_sampler(choice.model.experiment)
+    first = trained if trained in names else DEFAULT_SAMPLER if DEFAULT_SAMPLER in names else names[0]
+    about += f". This checkpoint was trained for {REGISTRY[trained].label}"
+    key = f"{prefix}_sampler"
+    shared.restore(key, "sampler", lambda value: value in names, "this page offers " + ", ".join(names))
+    name = where.selectbox("Sampler", names, **_unless_set(key, index=names.index(first)), key=key,
+                           format_func=lambda n: REGISTRY[n].label, help=about + ".")
+    shared.keep("sampler", name)
+    limit = step_limit(name, choice.model.experiment.schedule)
+    shared.restore(f"{prefix}_steps", "steps", lambda value: 1 <= value <= limit,
+                   f"{REGISTRY[name].label} takes 1 to {limit} steps on this model")
+    steps = steps_input(prefix, choice.steps0, limit, where)
+    if 1 <= steps <= limit:
+        shared.keep("steps", steps)
+    clip = where.checkbox("Clip predicted x0", key=f"{prefix}_clip",
+                          help="At every step, clip the model's estimate of the clean image to the pixel range "
+                               "and recompute the noise from it (the CLI's --clip). The recorded FIDs were "
+                               "measured without it.")
     if deterministic:
-        return SamplerInputs(name, steps, 0.0)
+        return SamplerInputs(name, steps, 0.0, clip)
     takers = " and ".join(spec.label for spec in REGISTRY.values() if spec.uses_eta)
-    eta = where.slider(f"eta ({takers})", 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta",
-                       disabled=not REGISTRY[name].uses_eta,
-                       help="0: deterministic; 1: the DDPM posterior variance.")
-    return SamplerInputs(name, steps, float(eta) if REGISTRY[name].uses_eta else 0.0)
+    label, about_eta = f"eta ({takers})", "0: deterministic; 1: the DDPM posterior variance."
+    if not REGISTRY[name].uses_eta:
+        where.slider(label, 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta", disabled=True, help=about_eta)
+        return SamplerInputs(name, steps, 0.0, clip)
+    with where.form(f"{prefix}_eta_form", border=False):
+        eta = st.slider(label, 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta", help=about_eta)
+        st.form_submit_button("Apply eta", help="Sampling starts when you apply a new eta, not at every "
+                                                "step of the slider.")
+    return SamplerInputs(name, steps, float(eta), clip)
 
 
 @dataclass(frozen=True)
@@ -395,7 +437,7 @@ class GridChoice:
 def grid_inputs(entries: Sequence[catalog.Entry], prefix: str, action: str, columns: bool = False) -> GridChoice:
     """Checkpoint, sampler, steps, eta, first seed, image count (and, with ``columns``, grid
     columns), with defaults from the model's size; wrong inputs end the page with a message."""
-    choice = model_inputs(entries, prefix, reset=("steps", "count"))
+    choice = model_inputs(entries, prefix, reset=("steps", "count", "eta"))
     sampler = sampler_inputs(prefix, choice)
     seed, count = seed_inputs(prefix, choice.count0)
     cols = None

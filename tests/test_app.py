@@ -31,7 +31,7 @@ from diffusion_core.images import make_grid, png_bytes  # noqa: E402
 from diffusion_core.samplers import SamplerConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["experiments", "sample", "trajectory", "interpolation", "compare", "live"]
+PAGES = ["home", "experiments", "sample", "trajectory", "interpolation", "compare", "live"]
 
 
 # --------------------------------------------------------------------------------------- fixtures
@@ -96,7 +96,7 @@ def media(monkeypatch) -> dict[str, bytes]:
 def open_app(monkeypatch, folder: Path, page: str = "experiments") -> AppTest:
     monkeypatch.setenv("DIFFUSION_EXPLORER_CHECKPOINTS", str(folder))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    if page != "experiments":
+    if page != "home":
         at.switch_page(f"app_pages/{page}.py").run()
     return at
 
@@ -124,8 +124,10 @@ def clean(at: AppTest) -> None:
 def test_page_launches(monkeypatch, folder, page):
     at = open_app(monkeypatch, folder, page)
     clean(at)
-    assert at.title[0].value == page.capitalize()
-    if page == "experiments":
+    assert at.title[0].value == ("diffusion-explorer" if page == "home" else page.capitalize())
+    if page == "home":
+        assert "The best model here: tiny_a" in [h.value for h in at.subheader]
+    elif page == "experiments":
         assert len(at.dataframe) == 1
     else:
         assert len(at.image) >= 1
@@ -194,6 +196,7 @@ def test_bad_extra_folder_is_a_message(monkeypatch, folder):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.session_state["extra_folder"] = str(folder / "nope")
     at.run()
+    at.switch_page("app_pages/experiments.py").run()
     assert not at.exception
     assert any("nope is not a folder" in w.value for w in at.sidebar.warning)
     assert len(at.dataframe[0].value) == 2  # the default folder still listed
@@ -481,6 +484,6 @@ def test_navigation_and_title_come_before_torch(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
-    assert found["exceptions"] == [] and found["titles"] == ["Experiments"]
+    assert found["exceptions"] == [] and found["titles"] == ["diffusion-explorer"]
     # torch did load (the watch works), after the navigation and the title, with idle threads asleep
     assert found["events"] == [["navigation", False], ["title", False], ["torch", "PASSIVE"]], found["events"]

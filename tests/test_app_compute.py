@@ -129,8 +129,9 @@ def test_compare_shows_the_steps_and_count_that_run_after_a_checkpoint_change(mo
     at.multiselect(key="cmp_checkpoints").set_value(["tiny_a", "big"]).run()
     assert not at.exception and not at.error
     steps, count = at.number_input(key="cmp_steps"), at.number_input(key="cmp_count")
-    assert (shown(steps, before[0]), shown(count, before[1])) == (5, 2)
-    assert "Seeds 0-1, DDIM 5 steps" in captions(at)
+    # Compare keeps its fair step count and shows fewer images when the bigger model costs more
+    assert (shown(steps, before[0]), shown(count, before[1])) == (20, 1)
+    assert "Seeds 0-0, DDIM 20 steps" in captions(at)
 
 
 # --------------------------------------------------------------------------- gate, progress, stop

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -127,10 +128,12 @@ def check(page, name: str, min_images: int = 1) -> list[tuple[str, int]]:
 
 
 def go(page, title: str) -> None:
-    """Open a page through the sidebar navigation (same session, so sidebar settings persist)."""
+    """Open a page through the sidebar navigation (same session, so sidebar settings persist; the
+    shared settings follow in the query string)."""
     base = "/".join(page.url.split("/")[:3])  # http://127.0.0.1:PORT
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-    page.wait_for_url(base + ("/" if title == "Experiments" else f"/{title.lower()}"))
+    path = "/" if title == "Home" else f"/{title.lower()}"
+    page.wait_for_url(re.compile(re.escape(base + path) + r"(\?.*)?$"))
 
 
 def number(page, label: str, value: int) -> None:
@@ -139,7 +142,7 @@ def number(page, label: str, value: int) -> None:
     box.press("Enter")
 
 
-TITLES = ["Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live"]
+TITLES = ["Home", "Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live"]
 # Every page name the sidebar ever shows (a link's last line: material icons render as text before it).
 WATCH_NAV = r"""
 window.navSeen = new Set();
@@ -154,11 +157,14 @@ def test_every_page_in_a_browser(server, browser_page):
     page = browser_page
     page.add_init_script(WATCH_NAV)
     page.goto(server)
-    page.get_by_role("heading", name="Experiments").wait_for()
-    page.wait_for_selector('[data-testid="stDataFrame"]')
-    settle(page)
+    page.get_by_role("heading", name="diffusion-explorer").wait_for()
+    page.get_by_text("The best model here: tiny_a").wait_for()
+    check(page, "00_home", min_images=0)  # the tiny checkpoints ship no sample grid
     # the page list only ever showed the pages' titles (never Streamlit's list of file names)
     assert sorted(page.evaluate("[...window.navSeen]")) == sorted(TITLES)
+    go(page, "Experiments")
+    page.wait_for_selector('[data-testid="stDataFrame"]')
+    settle(page)
     page.get_by_role("button", name="Preview (4 images, DDIM 10)").first.click()
     check(page, "01_experiments")
     page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] svg').length >= 2")
@@ -172,6 +178,9 @@ def test_every_page_in_a_browser(server, browser_page):
 
     go(page, "Trajectory")
     check(page, "04_trajectory", min_images=2)
+    assert page.get_by_label("First seed", exact=True).input_value() == "5"  # the seed followed the user
+    assert "seed=5" in page.url
+    shown = page.locator('[data-testid="stMain"] img').first.bounding_box()
     slider = page.locator('[data-testid="stSlider"] input[type="range"][aria-label="Step"]')
     final = int(slider.input_value())
     slider.focus()
@@ -181,6 +190,8 @@ def test_every_page_in_a_browser(server, browser_page):
     assert int(slider.input_value()) == 7
     page.get_by_text("x_t, input of step 7").wait_for()
     check(page, "05_trajectory_step7", min_images=2)
+    scrubbed = page.locator('[data-testid="stMain"] img').first.bounding_box()
+    assert (scrubbed["width"], scrubbed["height"]) == (shown["width"], shown["height"])  # x_t kept its size
     with page.expect_download() as download:
         page.get_by_role("button", name="Download GIF").click()
     assert Path(download.value.path()).read_bytes()[:6] in (b"GIF87a", b"GIF89a")

@@ -499,8 +499,7 @@ def test_the_app_stays_up_beside_hostile_descriptions(tmp_path, monkeypatch, pag
     monkeypatch.setenv("DIFFUSION_EXPLORER_CHECKPOINTS", str(folder))
     try:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-        if page != "experiments":
-            at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception, [e.value for e in at.exception]
         warnings = " ".join(w.value for w in at.warning)
         if page == "experiments":
