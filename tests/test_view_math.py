@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import make_tiny_checkpoint, random_images  # noqa: E402
 from test_samplers import GaussianDenoiser  # noqa: E402
 
+from diffusion_core import analysis as A  # noqa: E402
 from diffusion_core import edit as E  # noqa: E402
 from diffusion_core import generate as G  # noqa: E402
 from diffusion_core import views as V  # noqa: E402
@@ -233,3 +234,54 @@ def test_edit_image_round_trips_at_strength_zero_and_is_deterministic(models):
         E.edit_image(model, random_images(1, 32)[0], config, 0.5, 1)
     with pytest.raises(ValueError, match="left < right"):
         E.rectangle_mask(16, 0.5, 0.0, 0.5, 1.0)
+
+
+# -------------------------------------------------------------------------- trajectory geometry
+def test_pca_of_a_known_low_rank_set():
+    rng = np.random.default_rng(0)
+    u, v = np.linalg.qr(rng.standard_normal((50, 2)))[0].T  # two orthonormal directions in 50-D
+    a, b = 3.0 * rng.standard_normal(40), 1.0 * rng.standard_normal(40)  # variance 9 along u, 1 along v
+    centre = rng.standard_normal(50)
+    points = centre + a[:, None] * u + b[:, None] * v
+    pca = A.fit_pca(points)
+    assert pca.explained.sum() == pytest.approx(1.0)  # rank 2: two components hold all of it
+    assert pca.explained[0] > pca.explained[1]
+    assert abs(pca.components[0] @ u) == pytest.approx(1.0, abs=0.05)  # the first component is u (up to sign)
+    coords = pca.project(points)
+    rebuilt = pca.mean + coords @ pca.components
+    np.testing.assert_allclose(rebuilt, points, atol=1e-9)  # nothing lost
+    d = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(d(coords), d(points), atol=1e-9)  # distances kept
+    flipped = A.fit_pca(points[::-1])
+    np.testing.assert_allclose(flipped.components, pca.components, atol=1e-9)  # signs fixed, order free
+    with pytest.raises(ValueError, match="at least two points"):
+        A.fit_pca(points[:1])
+
+
+def test_trajectory_geometry_has_one_point_per_step(models):
+    geo = A.trajectory_geometry(models["a"], [0, 1, 2], SamplerConfig("ddim", 6))
+    assert geo.x_t.shape == (3, 7, 2) and geo.pred_x0.shape == (3, 6, 2) and geo.x0_change.shape == (3, 5)
+    assert geo.frames.shape == (3, 6, 16, 16, 3) and len(geo.times) == 6
+    states = list(G.step_states(models["a"], [1], SamplerConfig("ddim", 6), autocast=None))
+    x0 = np.stack([s.pred_x0[0].double().flatten().numpy() for s in states])
+    np.testing.assert_allclose(geo.x0_change[1], np.sqrt(((x0[1:] - x0[:-1]) ** 2).mean(1)), rtol=1e-5)
+    np.testing.assert_array_equal(geo.frames[1, -1], models["a"].normalization.to_pixels(states[-1].pred_x0)[0])
+    assert 0 < geo.explained_x_t.sum() <= 1 + 1e-9
+
+
+# ------------------------------------------------------------------------------ inversion quality
+def test_inversion_quality_rows_follow_the_round_trip(models):
+    model = models["a"]
+    images = random_images(2, 16, seed=1)
+    rows, recons = A.inversion_quality(model, images, [4, 2], [0, 2])
+    assert [(r.steps, r.refinement) for r in rows] == [(2, 0), (2, 2), (4, 0), (4, 2)]
+    assert recons.shape == (4, 2, 16, 16, 3)
+    _, recon = G.invert(model, images, 4, 0)
+    np.testing.assert_array_equal(recons[2], recon)
+    mse = ((recon / 255.0 - images / 255.0) ** 2).mean()
+    assert mse > 0 and rows[2].mse == pytest.approx(mse) and rows[2].psnr == pytest.approx(10 * np.log10(1 / mse))
+    assert rows[0].mse > rows[2].mse  # fewer, larger steps: a worse first-order round trip
+    assert rows[1].mse < rows[0].mse and rows[3].mse < rows[2].mse  # the fixed-point refinement tightens it
+    assert [r.evaluations for r in rows] == [4, 8, 8, 16]
+    with pytest.raises(ValueError, match="at least one step count"):
+        A.inversion_quality(model, images, [])
