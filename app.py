@@ -26,6 +26,8 @@ page = st.navigation([
     st.Page("app_pages/branch.py", title="Branch", icon=":material/call_split:"),
     st.Page("app_pages/neighbourhood.py", title="Neighbourhood", icon=":material/scatter_plot:"),
     st.Page("app_pages/edit.py", title="Edit", icon=":material/auto_fix_high:"),
+    st.Page("app_pages/geometry.py", title="Geometry", icon=":material/insights:"),
+    st.Page("app_pages/inversion.py", title="Inversion", icon=":material/undo:"),
 ])
 st.title(page.title)
 

@@ -9,12 +9,14 @@ import time
 import numpy as np
 import streamlit as st
 
+from diffusion_core import analysis as A
 from diffusion_core import edit as E
 from diffusion_core import views as V
 from diffusion_core.samplers import seed_noise
 
 from . import cache, compute
-from .view_requests import BranchRequest, EditRequest, VariationsRequest, WalkRequest, XYGridRequest
+from .view_requests import (BranchRequest, EditRequest, GeometryRequest, InversionQualityRequest, VariationsRequest,
+                            WalkRequest, XYGridRequest)
 
 
 @st.cache_data(max_entries=16, ttl=3600, show_spinner="Sampling the grid...")
@@ -64,3 +66,19 @@ def edit(request: EditRequest) -> np.ndarray:
     mask = None if request.region is None else E.rectangle_mask(size, *request.region)
     with compute.inference(request.model.device):
         return E.edit_image(model, request.image.array()[0], request.sampler, request.strength, request.seed, mask)
+
+
+@st.cache_data(max_entries=8, ttl=3600, show_spinner="Recording the trajectories...")
+def geometry(request: GeometryRequest) -> A.Geometry:
+    cache.MISSES["geometry"] += 1
+    model = cache.get_model(request.model)
+    with compute.inference(request.model.device):
+        return A.trajectory_geometry(model, request.seeds, request.sampler)
+
+
+@st.cache_data(max_entries=8, ttl=3600, show_spinner="Inverting and reconstructing...")
+def inversion_quality(request: InversionQualityRequest) -> tuple[list[A.InversionRow], np.ndarray]:
+    cache.MISSES["inversion_quality"] += 1
+    model = cache.get_model(request.model)
+    with compute.inference(request.model.device):
+        return A.inversion_quality(model, request.images.array(), request.step_counts, request.refinements)

@@ -1,4 +1,4 @@
-"""What the view pages (XY grid, Branch, Neighbourhood, Edit) ask the caches to compute: frozen
+"""What the view pages (XY grid, Branch, Neighbourhood, Edit, Geometry, Inversion) ask the caches to compute: frozen
 records validated once, when they are built, like ``requests`` (no streamlit).
 
 A builder raises ``ValueError`` with a message for the user; a record that exists is valid, and
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from diffusion_core import analysis as A
 from diffusion_core import edit as E
 from diffusion_core import views as V
 from diffusion_core.samplers import SamplerConfig, check_steps
@@ -184,3 +185,66 @@ def edit(ref: ModelRef, model: LoadedModel, image, sampler: SamplerConfig, stren
         E.rectangle_mask(size, *region)  # checks the rectangle
         region = tuple(float(v) for v in region)
     return EditRequest(ref, Images.of(image[None]), sampler, float(strength), _one_seed(seed), region)
+
+
+# ----------------------------------------------------------------------------------------- Geometry
+@dataclass(frozen=True)
+class GeometryRequest:
+    """Several seeds' trajectories with one sampler, every step kept, for their PCA paths."""
+
+    model: ModelRef
+    seeds: tuple[int, ...]
+    sampler: SamplerConfig
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.seeds) * self.sampler.num_steps
+
+
+def geometry(ref: ModelRef, model: LoadedModel, seeds: Sequence[int], sampler: SamplerConfig) -> GeometryRequest:
+    check_steps(sampler, model.experiment.schedule)
+    if sampler.num_steps < 2:
+        raise ValueError("trajectory geometry needs at least 2 steps")
+    if not seeds:
+        raise ValueError("give at least one seed")
+    plans.check_trajectory(len(seeds) * (sampler.num_steps + 1) - 1, model.experiment.network.image_size)
+    return GeometryRequest(ref, tuple(int(s) for s in seeds), sampler)
+
+
+# ---------------------------------------------------------------------------------------- Inversion
+INVERSION_STEPS = (5, 10, 20, 50, 100)
+MAX_INVERSION_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class InversionQualityRequest:
+    """DDIM inversion and reconstruction of ``images`` at each step count and refinement."""
+
+    model: ModelRef
+    images: Images
+    step_counts: tuple[int, ...]
+    refinements: tuple[int, ...]
+
+    @property
+    def evaluations(self) -> int:
+        return self.images.shape[0] * sum(A.inversion_evaluations(s, r) for s in self.step_counts
+                                          for r in self.refinements)
+
+
+def inversion_quality(ref: ModelRef, model: LoadedModel, images, step_counts: Sequence[int],
+                      refinement: int) -> InversionQualityRequest:
+    """``images`` uint8 [N x S x S x 3] at the model's size; ``refinement`` > 0 adds rows with that
+    many fixed-point iterations beside the plain inversion."""
+    if not step_counts:
+        raise ValueError("choose at least one step count")
+    for s in step_counts:
+        check_steps(SamplerConfig("ddim", int(s)), model.experiment.schedule)
+    if not 0 <= refinement <= 10:
+        raise ValueError(f"fixed-point iterations must be from 0 to 10, got {refinement}")
+    size = model.experiment.network.image_size
+    if not 1 <= len(images) <= MAX_INVERSION_IMAGES:
+        raise ValueError(f"choose 1 to {MAX_INVERSION_IMAGES} images, got {len(images)}")
+    if images.shape[1:] != (size, size, 3):
+        raise ValueError(f"this model takes {size}x{size} images, got {images.shape[1]}x{images.shape[2]}")
+    return InversionQualityRequest(ref, Images.of(images), tuple(sorted({int(s) for s in step_counts})),
+                                   (0,) if refinement == 0 else (0, int(refinement)))

@@ -1,9 +1,11 @@
-"""The view pages (XY grid, Branch, Neighbourhood, Edit) with ``AppTest`` on tiny checkpoints:
+"""The view pages (XY grid, Branch, Neighbourhood, Edit, Geometry, Inversion) with ``AppTest`` on tiny checkpoints:
 what they show is compared, pixel for pixel, with the core's functions for the same settings."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from helpers import random_images  # noqa: E402
 from test_app import (assert_shows, clean, folder, keep_main_module, media, no_results, one_thread,  # noqa: E402,F401
                       open_app, pixels)
 
+from diffusion_core import analysis as A  # noqa: E402
 from diffusion_core import edit as E  # noqa: E402
 from diffusion_core import generate as G  # noqa: E402
 from diffusion_core import views as V  # noqa: E402
@@ -26,7 +29,8 @@ from diffusion_core.images import make_grid, png_bytes  # noqa: E402
 from diffusion_core.samplers import SamplerConfig  # noqa: E402
 from explorer_ui import pictures  # noqa: E402
 
-VIEWS = {"xy_grid": "XY grid", "branch": "Branch", "neighbourhood": "Neighbourhood", "edit": "Edit"}
+VIEWS = {"xy_grid": "XY grid", "branch": "Branch", "neighbourhood": "Neighbourhood", "edit": "Edit",
+         "geometry": "Geometry", "inversion": "Inversion"}
 
 
 @pytest.mark.parametrize("page", VIEWS)
@@ -160,3 +164,60 @@ def test_edit_gives_the_image_back_at_strength_zero_and_keeps_the_unmasked_part(
 
     at.file_uploader(key="edit_upload").set_value([("notes.txt", b"hello", "text/plain")]).run()
     assert not at.exception and "notes.txt: not a readable image" in at.error[0].value
+
+
+def series(trace: dict, axis: str) -> np.ndarray:
+    """A plotly trace's x or y values, plain or as plotly's typed-array encoding."""
+    v = trace[axis]
+    return np.frombuffer(base64.b64decode(v["bdata"]), v["dtype"]) if isinstance(v, dict) else np.asarray(v)
+
+
+def test_geometry_paths_are_the_core_projection(monkeypatch, folder, media):
+    at = open_app(monkeypatch, folder, "geometry")
+    clean(at)
+    seeds = [int(s) for s in at.text_input(key="geo_seeds").value.split("-")]
+    seeds = list(range(seeds[0], seeds[-1] + 1))
+    assert len(seeds) >= 2
+    model = load_checkpoint(folder / "tiny_a.json")
+    config = SamplerConfig("ddim", at.number_input(key="geo_steps").value)
+    geo = A.trajectory_geometry(model, seeds, config)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3
+    x_t = json.loads(charts[0].proto.spec)["data"]
+    assert len(x_t) == len(seeds) and len(series(x_t[0], "x")) == config.num_steps + 1  # one point per step, then the sample
+    np.testing.assert_allclose(series(x_t[1], "x"), geo.x_t[1, :, 0], rtol=1e-6)
+    np.testing.assert_allclose(series(json.loads(charts[1].proto.spec)["data"][0], "y"), geo.pred_x0[0, :, 1],
+                               rtol=1e-6)
+    cols = min(8, len(seeds))
+    assert_shows(pixels(media, at.image[0]), make_grid(geo.frames[:, -1], cols=cols))
+    at.slider(key="geo_step").set_value(2).run()
+    clean(at)
+    assert_shows(pixels(media, at.image[0]), make_grid(geo.frames[:, 2], cols=cols))
+    at.text_input(key="geo_seeds").set_value("0-40").run()
+    assert not at.exception and "at most 16 seeds" in at.error[0].value
+
+
+def test_inversion_table_of_samples_and_uploads(monkeypatch, folder, media):
+    at = open_app(monkeypatch, folder, "inversion")
+    clean(at)
+    model = load_checkpoint(folder / "tiny_a.json")
+    samples = G.generate(model, [0, 1], SamplerConfig("ddim", 50))
+    rows, _ = A.inversion_quality(model, samples, [5, 10, 20], [0, 3])
+    table = at.dataframe[0].value
+    assert list(zip(table["steps"], table["fixed-point iterations"])) == [(5, 0), (5, 3), (10, 0), (10, 3), (20, 0),
+                                                                        (20, 3)]
+    np.testing.assert_allclose(table["MSE"], [r.mse for r in rows])
+    assert len(at.get("plotly_chart")) == 1 and len(at.get("download_button")) == 2
+
+    at.radio(key="inv_source").set_value("uploaded images").run()
+    assert not at.exception and "upload one or more images" in at.error[0].value
+    pics = random_images(2, 32, seed=6)
+    at.file_uploader(key="inv_upload").set_value([(f"{i}.png", png_bytes(p), "image/png")
+                                                  for i, p in enumerate(pics)])
+    at.multiselect(key="inv_steps").set_value([10])
+    at.number_input(key="inv_refine").set_value(0).run()
+    clean(at)
+    images = np.stack([G.image_from_bytes(png_bytes(p), 16) for p in pics])
+    rows, _ = A.inversion_quality(model, images, [10], [0])
+    table = at.dataframe[0].value
+    assert list(table["steps"]) == [10] and table["MSE"][0] == pytest.approx(rows[0].mse)
