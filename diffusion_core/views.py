@@ -69,13 +69,15 @@ def parse_axis(name: str, text: str | Sequence[str]) -> Axis:
         raise ValueError(f"give at least one {name} value")
     if name == "steps":
         if not all(str(t).isdigit() and int(t) >= 1 for t in items):
-            raise ValueError(f"steps must be whole numbers from 1 up, e.g. 10, 20, 50; got {', '.join(map(str, items))}")
+            got = ", ".join(map(str, items))
+            raise ValueError(f"steps must be whole numbers from 1 up, e.g. 10, 20, 50; got {got}")
         return Axis(name, tuple(int(t) for t in items))
     if name == "eta":
         try:
             values = tuple(float(t) for t in items)
         except ValueError:
-            raise ValueError(f"eta values must be numbers from 0 to 1, e.g. 0, 0.5, 1; got {', '.join(items)}") from None
+            got = ", ".join(items)
+            raise ValueError(f"eta values must be numbers from 0 to 1, e.g. 0, 0.5, 1; got {got}") from None
         if not all(0.0 <= v <= 1.0 for v in values):
             raise ValueError(f"eta values must be from 0 to 1, got {', '.join(items)}")
         return Axis(name, values)

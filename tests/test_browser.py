@@ -130,7 +130,7 @@ def go(page, title: str) -> None:
     """Open a page through the sidebar navigation (same session, so sidebar settings persist)."""
     base = "/".join(page.url.split("/")[:3])  # http://127.0.0.1:PORT
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-    page.wait_for_url(base + ("/" if title == "Experiments" else f"/{title.lower()}"))
+    page.wait_for_url(base + ("/" if title == "Experiments" else f"/{title.lower().replace(' ', '_')}"))
 
 
 def number(page, label: str, value: int) -> None:
@@ -139,7 +139,8 @@ def number(page, label: str, value: int) -> None:
     box.press("Enter")
 
 
-TITLES = ["Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live"]
+TITLES = ["Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live", "XY grid", "Branch",
+          "Neighbourhood", "Edit", "Geometry", "Inversion"]
 # Every page name the sidebar ever shows (a link's last line: material icons render as text before it).
 WATCH_NAV = r"""
 window.navSeen = new Set();
@@ -190,6 +191,19 @@ def test_every_page_in_a_browser(server, browser_page):
 
     go(page, "Compare")
     check(page, "07_compare", min_images=3)
+
+    # the views: each shows its pictures with the defaults (Edit once an image is uploaded)
+    for title, shot, count in [("XY grid", "07a_xy_grid", 1), ("Branch", "07b_branch", 3),
+                               ("Neighbourhood", "07c_neighbourhood", 3), ("Geometry", "07e_geometry", 1),
+                               ("Inversion", "07f_inversion", 1)]:
+        go(page, title)
+        check(page, shot, min_images=count)
+    go(page, "Edit")
+    settle(page)
+    picture = SHOTS / "upload.png"
+    shutil.copy(SHOTS / "02_sample.png", picture)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(picture))
+    check(page, "07d_edit", min_images=2)
 
     go(page, "Live")
     page.get_by_text("Done: step").wait_for(timeout=60_000)

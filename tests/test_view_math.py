@@ -195,7 +195,8 @@ def test_sdedit_noises_to_the_start_level_then_runs_the_sampler():
     # a weak edit stays nearer the input than a strong one (Gaussian data, one point far from its mean)
     far = torch.full((1, 3, 8, 8), 2.5)
     e = seed_noise([5], (3, 8, 8))
-    dist = [float((E.sdedit(GaussianDenoiser(), COSINE, far, config, s, e) - far).abs().mean()) for s in (0.2, 0.6, 1.0)]
+    dist = [float((E.sdedit(GaussianDenoiser(), COSINE, far, config, s, e) - far).abs().mean())
+            for s in (0.2, 0.6, 1.0)]
     assert dist[0] < dist[1] < dist[2]
 
 

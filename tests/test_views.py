@@ -184,7 +184,8 @@ def test_geometry_paths_are_the_core_projection(monkeypatch, folder, media):
     charts = at.get("plotly_chart")
     assert len(charts) == 3
     x_t = json.loads(charts[0].proto.spec)["data"]
-    assert len(x_t) == len(seeds) and len(series(x_t[0], "x")) == config.num_steps + 1  # one point per step, then the sample
+    assert len(x_t) == len(seeds)
+    assert len(series(x_t[0], "x")) == config.num_steps + 1  # one point per step, then the sample
     np.testing.assert_allclose(series(x_t[1], "x"), geo.x_t[1, :, 0], rtol=1e-6)
     np.testing.assert_allclose(series(json.loads(charts[1].proto.spec)["data"][0], "y"), geo.pred_x0[0, :, 1],
                                rtol=1e-6)
