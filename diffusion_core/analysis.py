@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .checkpoint import LoadedModel
-from .generate import invert, step_states
+from .generate import invert, latent_to_pixels, step_states
 from .samplers import SamplerConfig
 
 
@@ -61,6 +61,7 @@ class Geometry:
     explained_x_t: np.ndarray  # [2] variance shares of the x_t projection
     explained_pred_x0: np.ndarray  # [2]
     frames: np.ndarray  # uint8 [N x S x H x W x 3]: predicted x0 of every step (for the page's step viewer)
+    x_t_frames: np.ndarray  # uint8 [N x S+1 x H x W x 3]: x_t shown as pixels, then the sample
 
 
 def trajectory_geometry(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig) -> Geometry:
@@ -68,14 +69,16 @@ def trajectory_geometry(model: LoadedModel, seeds: Sequence[int], config: Sample
     every seed, the samples included) and one on all predicted x0, and project each seed's path."""
     if len(seeds) < 1:
         raise ValueError("give at least one seed")
-    xs, x0s, frames, times, last = [], [], [], [], None
+    xs, x0s, frames, x_t_frames, times, last = [], [], [], [], [], None
     for state in step_states(model, list(seeds), config, autocast=None):
         xs.append(state.x_t.float().cpu().flatten(1).numpy())  # [N x D]
         x0s.append(state.pred_x0.float().cpu().flatten(1).numpy())
         frames.append(model.normalization.to_pixels(state.pred_x0))
+        x_t_frames.append(latent_to_pixels(model, state.x_t))
         times.append(state.t)
         last = state
     xs.append(last.x_next.float().cpu().flatten(1).numpy())
+    x_t_frames.append(model.normalization.to_pixels(last.x_next))
     x_t = np.stack(xs, 1).astype(np.float64)  # [N x S+1 x D]
     pred = np.stack(x0s, 1).astype(np.float64)  # [N x S x D]
     n, s1, d = x_t.shape
@@ -83,7 +86,7 @@ def trajectory_geometry(model: LoadedModel, seeds: Sequence[int], config: Sample
     change = np.sqrt(((pred[:, 1:] - pred[:, :-1]) ** 2).mean(-1))  # [N x S-1]
     return Geometry(tuple(int(s) for s in seeds), np.array(times), pca_x.project(x_t.reshape(-1, d)).reshape(n, s1, -1),
                     pca_p.project(pred.reshape(-1, d)).reshape(n, s1 - 1, -1), change, pca_x.explained,
-                    pca_p.explained, np.stack(frames, 1))
+                    pca_p.explained, np.stack(frames, 1), np.stack(x_t_frames, 1))
 
 
 # ------------------------------------------------------------------------------ inversion quality

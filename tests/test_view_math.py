@@ -262,7 +262,9 @@ def test_pca_of_a_known_low_rank_set():
 def test_trajectory_geometry_has_one_point_per_step(models):
     geo = A.trajectory_geometry(models["a"], [0, 1, 2], SamplerConfig("ddim", 6))
     assert geo.x_t.shape == (3, 7, 2) and geo.pred_x0.shape == (3, 6, 2) and geo.x0_change.shape == (3, 5)
-    assert geo.frames.shape == (3, 6, 16, 16, 3) and len(geo.times) == 6
+    assert geo.frames.shape == (3, 6, 16, 16, 3) and geo.x_t_frames.shape == (3, 7, 16, 16, 3)
+    assert len(geo.times) == 6
+    np.testing.assert_array_equal(geo.x_t_frames[:, -1], G.generate(models["a"], [0, 1, 2], SamplerConfig("ddim", 6)))
     states = list(G.step_states(models["a"], [1], SamplerConfig("ddim", 6), autocast=None))
     x0 = np.stack([s.pred_x0[0].double().flatten().numpy() for s in states])
     np.testing.assert_allclose(geo.x0_change[1], np.sqrt(((x0[1:] - x0[:-1]) ** 2).mean(1)), rtol=1e-5)
