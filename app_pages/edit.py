@@ -7,7 +7,9 @@ import streamlit as st
 from diffusion_core import edit as E
 from diffusion_core.generate import image_from_bytes
 from diffusion_core.images import make_grid, png_bytes
-from explorer_ui import view_cache, view_requests, widgets
+from explorer_ui import pictures, view_cache, view_requests, widgets
+
+SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def uploaded_image(upload, size: int) -> np.ndarray:
@@ -67,3 +69,16 @@ with right, widgets.guard("Editing"):
         st.download_button("Download PNG", png_bytes(pair), key="edit_download", on_click="ignore", mime="image/png",
                            file_name=f"{choice.entry.name}_edit_s{strength:g}_seed{seed}.png",
                            help="The input and the edit side by side.")
+
+with right, widgets.guard("Strength sweep"):
+    if st.checkbox(f"Strength sweep ({', '.join(f'{s:g}' for s in SWEEP)})", key="edit_sweep",
+                   help="The same edit at every strength: faithfulness on the left, realism on the right."):
+        sweep = [view_requests.edit(choice.ref, choice.model, request.image.array()[0], request.sampler, s, seed,
+                                    region) for s in SWEEP]
+        if widgets.ready("edit_sweep_approved", tuple(sweep),
+                         widgets.estimate([choice.model], sum(r.evaluations for r in sweep)), "Sweep"):
+            strip = pictures.labelled_grid(np.stack([view_cache.edit(r) for r in sweep])[None],
+                                           [f"strength {s:g}" for s in SWEEP])
+            st.image(png_bytes(strip), output_format="PNG", caption=f"seed {seed}, {request.sampler.name}")
+            st.download_button("Download sweep PNG", png_bytes(strip), key="edit_sweep_download", on_click="ignore",
+                               mime="image/png", file_name=f"{choice.entry.name}_edit_sweep_seed{seed}.png")

@@ -154,6 +154,15 @@ def test_edit_gives_the_image_back_at_strength_zero_and_keeps_the_unmasked_part(
     clean(at)
     assert_shows(pixels(media, at.image[1]), image)
 
+    at.checkbox(key="edit_sweep").check().run()  # every strength, the first (0) the image itself
+    clean(at)
+    strip = pixels(media, at.image[2])
+    sweep = [E.edit_image(model, image, SamplerConfig("ddim", steps), s, 0) for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    np.testing.assert_array_equal(strip, pictures.labelled_grid(np.stack(sweep)[None], [
+        f"strength {s:g}" for s in (0, 0.25, 0.5, 0.75, 1)]))
+    np.testing.assert_array_equal(sweep[0], image)
+    at.checkbox(key="edit_sweep").uncheck()
+
     at.slider(key="edit_strength").set_value(1.0)
     at.checkbox(key="edit_masked").check().run()
     clean(at)
