@@ -28,6 +28,7 @@ page = st.navigation([
     st.Page("app_pages/edit.py", title="Edit", icon=":material/auto_fix_high:"),
     st.Page("app_pages/geometry.py", title="Geometry", icon=":material/insights:"),
     st.Page("app_pages/inversion.py", title="Inversion", icon=":material/undo:"),
+    st.Page("app_pages/timeline.py", title="Timeline", icon=":material/movie:"),
 ])
 st.title(page.title)
 

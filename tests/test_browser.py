@@ -140,7 +140,7 @@ def number(page, label: str, value: int) -> None:
 
 
 TITLES = ["Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live", "XY grid", "Branch",
-          "Neighbourhood", "Edit", "Geometry", "Inversion"]
+          "Neighbourhood", "Edit", "Geometry", "Inversion", "Timeline"]
 # Every page name the sidebar ever shows (a link's last line: material icons render as text before it).
 WATCH_NAV = r"""
 window.navSeen = new Set();
@@ -195,7 +195,7 @@ def test_every_page_in_a_browser(server, browser_page):
     # the views: each shows its pictures with the defaults (Edit once an image is uploaded)
     for title, shot, count in [("XY grid", "07a_xy_grid", 1), ("Branch", "07b_branch", 3),
                                ("Neighbourhood", "07c_neighbourhood", 3), ("Geometry", "07e_geometry", 1),
-                               ("Inversion", "07f_inversion", 1)]:
+                               ("Inversion", "07f_inversion", 1), ("Timeline", "07g_timeline", 0)]:
         go(page, title)
         check(page, shot, min_images=count)
     go(page, "Edit")

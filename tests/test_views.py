@@ -16,7 +16,7 @@ from PIL import Image
 pytest.importorskip("streamlit")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import random_images  # noqa: E402
+from helpers import make_tiny_checkpoint, random_images  # noqa: E402
 from test_app import (assert_shows, clean, folder, keep_main_module, media, no_results, one_thread,  # noqa: E402,F401
                       open_app, pixels)
 
@@ -231,3 +231,36 @@ def test_inversion_table_of_samples_and_uploads(monkeypatch, folder, media):
     rows, _ = A.inversion_quality(model, images, [10], [0])
     table = at.dataframe[0].value
     assert list(table["steps"]) == [10] and table["MSE"][0] == pytest.approx(rows[0].mse)
+
+
+def test_timeline_scrubs_a_runs_sample_grids(monkeypatch, tmp_path, media):
+    from explorer_ui import timeline
+
+    runs = tmp_path / "runs"
+    make_tiny_checkpoint(runs / "run1", "model")
+    (runs / "run1" / "samples").mkdir()
+    grids = {e: random_images(1, 40, seed=e)[0] for e in (1, 2, 10)}
+    for e, grid in grids.items():
+        Image.fromarray(grid).save(runs / "run1" / "samples" / f"epoch_{e:04d}.png")
+    (runs / "run1" / "samples" / "epoch_0005.png").write_bytes(b"not a png")
+    Image.fromarray(random_images(1, 8)[0]).save(runs / "run1" / "samples" / "other.png")  # not an epoch grid
+    (runs / "run1" / "log.jsonl").write_text("".join(
+        json.dumps({"step": s, "epoch": s / 4, "loss": 1 / s}) + "\n" for s in range(1, 9)))
+    assert [e for e, _ in timeline.sample_grids(runs / "run1")] == [1, 2, 5, 10]
+
+    at = open_app(monkeypatch, runs, "timeline")
+    clean(at)
+    assert at.select_slider(key="timeline_epoch").value == 10  # opens on the latest grid
+    assert_shows(pixels(media, at.image[0]), grids[10])
+    at.select_slider(key="timeline_epoch").set_value(5).run()
+    assert not at.exception and "epoch_0005.png: not a readable image" in at.error[0].value
+    at.select_slider(key="timeline_epoch").set_value(2).run()
+    clean(at)
+    assert_shows(pixels(media, at.image[0]), grids[2])
+    assert len(at.get("plotly_chart")) == 1  # the run's loss
+    gif = Image.open(io.BytesIO(timeline.timeline_gif(timeline.sample_grids(runs / "run1"))))
+    assert gif.n_frames == 3  # the unreadable grid left out
+    assert gif.size == (40, 40)  # one grid a frame (GIF's palette makes the colours approximate)
+
+    at = open_app(monkeypatch, tmp_path / "nothing", "timeline")
+    assert not at.exception and "No training run with sample grids" in at.info[0].value
