@@ -24,6 +24,13 @@ page = st.navigation([
     st.Page("app_pages/interpolation.py", title="Interpolation", icon=":material/swap_horiz:"),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("app_pages/live.py", title="Live", icon=":material/play_circle:"),
+    st.Page("app_pages/xy_grid.py", title="XY grid", icon=":material/grid_on:"),
+    st.Page("app_pages/branch.py", title="Branch", icon=":material/call_split:"),
+    st.Page("app_pages/neighbourhood.py", title="Neighbourhood", icon=":material/scatter_plot:"),
+    st.Page("app_pages/edit.py", title="Edit", icon=":material/auto_fix_high:"),
+    st.Page("app_pages/geometry.py", title="Geometry", icon=":material/insights:"),
+    st.Page("app_pages/inversion.py", title="Inversion", icon=":material/undo:"),
+    st.Page("app_pages/timeline.py", title="Timeline", icon=":material/movie:"),
 ])
 st.title("diffusion-explorer" if page.title == "Home" else page.title)
 

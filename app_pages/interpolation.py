@@ -4,11 +4,10 @@ images, DDIM-inverted), side by side as strips and animations."""
 import numpy as np
 import streamlit as st
 
-from diffusion_core.data import IMAGE_EXTENSIONS, decode_image
+from diffusion_core.data import decode_image
 from diffusion_core.images import make_grid
 from explorer_ui import cache, plans, requests, widgets
 
-UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]  # the formats the training data loader reads
 
 
 def inversion_request(choice: widgets.ModelChoice, uploads: list, steps: int) -> requests.InversionRequest:
@@ -35,7 +34,7 @@ with left:
                                  key="interp_frames"))
     sampler = widgets.sampler_inputs("interp", choice, deterministic=True)
     uploads = st.file_uploader("Or start from two images (DDIM inversion)", accept_multiple_files=True,
-                               type=UPLOAD_TYPES, key="interp_upload",
+                               type=widgets.UPLOAD_TYPES, key="interp_upload",
                                help="PNG, JPEG or WebP; each is centre-cropped and resized to the model's size.")
     start = None
     if uploads:

@@ -25,6 +25,7 @@ import streamlit as st
 import torch
 
 from diffusion_core.checkpoint import LoadedModel
+from diffusion_core.data import IMAGE_EXTENSIONS
 from diffusion_core.images import png_bytes
 from diffusion_core.samplers import DEFAULT_SAMPLER, REGISTRY, SamplerConfig, step_limit
 from diffusion_core.training import resolve_device
@@ -180,6 +181,9 @@ def _unless_set(key: str, **default) -> dict:
     return {} if key in st.session_state else default
 
 
+UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]  # what uploads may be: the data loader's formats
+
+
 def forget(keys: Sequence[str], shared_names: Sequence[str] = ()) -> None:
     """Drop the values of these widgets (and of these shared settings); the page's next run
     ``preset``s them afresh."""
@@ -240,9 +244,15 @@ def ready(key: str, params: object, models: Sequence[LoadedModel], evaluations: 
     it is beyond the server's compute budget (ValueError, for ``guard``); at once when it is quick,
     else after its button is pressed (the pressed request, ``params``, is remembered, so later
     reruns show the cached result). An action its visitor stopped waits for the button again."""
-    compute.check_budget(cost(models, evaluations))
+    return ready_cost(key, params, cost(models, evaluations), what)
+
+
+def ready_cost(key: str, params: object, gflop: float, what: str = "Generate") -> bool:
+    """``ready`` for an action whose cost is given in GFLOP (e.g. summed over models that run
+    different numbers of steps)."""
+    compute.check_budget(gflop)
     stopped = st.session_state.get(f"{key}_stopped") == params
-    seconds = estimate(models, evaluations)
+    seconds = compute.estimate_seconds(gflop, current_device())
     if not stopped and (seconds <= plans.AUTO_SECONDS or st.session_state.get(key) == params):
         return True
     gate = st.empty()

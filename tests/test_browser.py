@@ -132,7 +132,7 @@ def go(page, title: str) -> None:
     shared settings follow in the query string)."""
     base = "/".join(page.url.split("/")[:3])  # http://127.0.0.1:PORT
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-    path = "/" if title == "Home" else f"/{title.lower()}"
+    path = "/" if title == "Home" else f"/{title.lower().replace(' ', '_')}"
     page.wait_for_url(re.compile(re.escape(base + path) + r"(\?.*)?$"))
 
 
@@ -142,7 +142,8 @@ def number(page, label: str, value: int) -> None:
     box.press("Enter")
 
 
-TITLES = ["Home", "Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live"]
+TITLES = ["Home", "Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live", "XY grid", "Branch",
+          "Neighbourhood", "Edit", "Geometry", "Inversion", "Timeline"]
 # Every page name the sidebar ever shows (a link's last line: material icons render as text before it).
 WATCH_NAV = r"""
 window.navSeen = new Set();
@@ -201,6 +202,19 @@ def test_every_page_in_a_browser(server, browser_page):
 
     go(page, "Compare")
     check(page, "07_compare", min_images=3)
+
+    # the views: each shows its pictures with the defaults (Edit once an image is uploaded)
+    for title, shot, count in [("XY grid", "07a_xy_grid", 1), ("Branch", "07b_branch", 3),
+                               ("Neighbourhood", "07c_neighbourhood", 3), ("Geometry", "07e_geometry", 1),
+                               ("Inversion", "07f_inversion", 1), ("Timeline", "07g_timeline", 0)]:
+        go(page, title)
+        check(page, shot, min_images=count)
+    go(page, "Edit")
+    settle(page)
+    picture = SHOTS / "upload.png"
+    shutil.copy(SHOTS / "02_sample.png", picture)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(picture))
+    check(page, "07d_edit", min_images=2)
 
     go(page, "Live")
     page.get_by_text("Done: step").wait_for(timeout=60_000)
