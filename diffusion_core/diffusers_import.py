@@ -13,11 +13,12 @@ Everything read is untrusted: the JSON files are size-checked and every value th
 validated (refusals name the file and the field); weights come from safetensors, or from a
 ``.bin`` only through PyTorch's restricted unpickler (``torch.load(weights_only=True)``), which
 builds tensors and runs no code. The scheduler config maps onto this project's discrete schedule
-(``scheduler_settings``): ``beta_schedule`` linear / scaled_linear / squaredcos_cap_v2,
-``num_train_timesteps``, ``timestep_spacing`` + ``steps_offset``, ``prediction_type``; what the
-core cannot honour (``trained_betas``, ``thresholding``, ``variance_type`` other than fixed_small,
-``set_alpha_to_one`` false, ``rescale_betas_zero_snr``, a ``clip_sample_range`` other than 1) is
-refused with the field's name.
+(``scheduler_settings``): ``beta_schedule`` linear / scaled_linear / squaredcos_cap_v2 or
+``trained_betas``, ``num_train_timesteps``, ``timestep_spacing`` + ``steps_offset``,
+``prediction_type``, ``set_alpha_to_one``, and DDIM steps of t - floor(T / S) as DDIMScheduler
+takes them; ``variance_type`` fixed_small / fixed_large becomes the DDPM sampler's
+``ddpm_variance``. What the core cannot honour (``thresholding``, another ``variance_type``,
+``rescale_betas_zero_snr``, a ``clip_sample_range`` other than 1) is refused with the field's name.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.
                 "diffusion_pytorch_model.bin")  # in order of preference
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "sample"}
+# variance_type -> samplers.SamplerConfig.ddpm_variance (fixed_small_log: the same variance, taken as a log)
+VARIANCES = {"fixed_small": "posterior", "fixed_small_log": "posterior", "fixed_large": "beta"}
 # attention weights of diffusers before 0.15, renamed as diffusers' from_pretrained renames them
 OLD_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 _HASH = re.compile(r"^[0-9a-f]{6,64}$")
@@ -130,18 +133,19 @@ def _choice(config: dict, key: str, allowed, default, where: Path):
     return value
 
 
-def scheduler_settings(config: dict[str, Any], where: Path) -> tuple[ScheduleConfig, str, bool]:
+def scheduler_settings(config: dict[str, Any], where: Path) -> tuple[ScheduleConfig, str, bool, str]:
     """A DDPMScheduler / DDIMScheduler config -> (this project's schedule, prediction "eps" / "v" /
-    "sample", clip_sample). DiffusersError naming the field for anything the core cannot honour."""
+    "sample", clip_sample, the DDPM sampler's ddpm_variance). DiffusersError naming the field for
+    anything the core cannot honour."""
     cls = config.get("_class_name")
     if cls not in SCHEDULERS:
         raise DiffusersError(f"{where}: _class_name {cls!r:.60} is not supported (only {', '.join(SCHEDULERS)})")
-    refused = {"trained_betas": None, "thresholding": False, "rescale_betas_zero_snr": False}
+    refused = {"thresholding": False, "rescale_betas_zero_snr": False}
     for key, ok in refused.items():
         if config.get(key) is not None and config.get(key) is not ok:
             raise DiffusersError(f"{where}: {key} {config[key]!r:.60} cannot be honoured (only {ok!r})")
-    _choice(config, "variance_type", ("fixed_small", "fixed_small_log"), "fixed_small", where)
-    _choice(config, "set_alpha_to_one", (True,), True, where)
+    variance = VARIANCES[_choice(config, "variance_type", tuple(VARIANCES), "fixed_small", where)]
+    alpha_to_one = _choice(config, "set_alpha_to_one", (True, False), True, where)
     beta_schedule = _choice(config, "beta_schedule", tuple(BETA_SCHEDULES), "linear", where)
     prediction = _choice(config, "prediction_type", tuple(PREDICTIONS), "epsilon", where)
     spacing = _choice(config, "timestep_spacing", ("leading", "trailing", "linspace"), "leading", where)
@@ -154,16 +158,23 @@ def scheduler_settings(config: dict[str, Any], where: Path) -> tuple[ScheduleCon
     kind = BETA_SCHEDULES[beta_schedule]
     betas = {} if kind == "cosine" else {"beta_start": config.get("beta_start", 1e-4),
                                          "beta_end": config.get("beta_end", 0.02)}
+    trained = config.get("trained_betas")
+    if trained is not None:  # diffusers then ignores beta_schedule, beta_start and beta_end
+        if not isinstance(trained, list):
+            raise DiffusersError(f"{where}: trained_betas must be a list of numbers, got {trained!r:.60}")
+        kind, betas = "trained_betas", {}
     for key, value in dict(betas, num_train_timesteps=steps, steps_offset=offset).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DiffusersError(f"{where}: {key} must be a number, got {value!r:.60}")
     if not isinstance(steps, int) or not 1 <= steps <= 100_000:
         raise DiffusersError(f"{where}: num_train_timesteps must be an integer from 1 to 100000, got {steps!r}")
     try:
-        schedule = ScheduleConfig(kind=kind, num_timesteps=steps, spacing=spacing, steps_offset=offset, **betas)
+        schedule = ScheduleConfig(kind=kind, num_timesteps=steps, spacing=spacing, steps_offset=offset,
+                                  trained_betas=tuple(trained or ()), ddim_target="stride",
+                                  set_alpha_to_one=alpha_to_one, **betas)
     except ValueError as e:
         raise DiffusersError(f"{where}: {e}") from e
-    return schedule, PREDICTIONS[prediction], clip
+    return schedule, PREDICTIONS[prediction], clip, variance
 
 
 def read_pipeline(folder: DiffusersFolder) -> dict[str, Any]:
@@ -185,11 +196,11 @@ def read_pipeline(folder: DiffusersFolder) -> dict[str, Any]:
         unet = validate_unet_config(read_json(unet_json), str(unet_json))
     except ValueError as e:
         raise DiffusersError(str(e)) from e
-    schedule, prediction, clip = scheduler_settings(read_json(folder.scheduler), folder.scheduler)
+    schedule, prediction, clip, variance = scheduler_settings(read_json(folder.scheduler), folder.scheduler)
     network = DiffusersUNetConfig(
         image_size=unet["sample_size"], channels=unet["in_channels"], unet_config=json.dumps(unet, sort_keys=True),
         num_train_timesteps=schedule.num_timesteps, beta_schedule=schedule.kind, beta_start=schedule.beta_start,
-        beta_end=schedule.beta_end, predicts_x0=prediction == "sample")
+        beta_end=schedule.beta_end, trained_betas=schedule.trained_betas, predicts_x0=prediction == "sample")
     scheduler_class = read_json(folder.scheduler)["_class_name"]
     weights = weight_file(folder)
     about = f"diffusers {pipeline} ({scheduler_class})"
@@ -209,7 +220,8 @@ def read_pipeline(folder: DiffusersFolder) -> dict[str, Any]:
         "experiment": experiment.to_dict(),
         "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
         "diffusers": {"folder": str(folder.root), "pipeline": pipeline, "scheduler": scheduler_class,
-                      "prediction_type": prediction, "clip_sample": clip, "weights_file": weights.name},
+                      "prediction_type": prediction, "clip_sample": clip, "ddpm_variance": variance,
+                      "weights_file": weights.name},
         "training": {}, "metrics": {},
     }
 

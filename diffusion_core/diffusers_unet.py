@@ -152,9 +152,10 @@ class DiffusersUNetConfig:
     unet_config: str = "{}"  # the UNet2DModel's config.json, validated, as canonical JSON
     # the discrete schedule whose integer steps the UNet was trained on (the scheduler config's):
     num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"  # a schedules.ScheduleConfig kind: linear, scaled_linear or cosine
+    beta_schedule: str = "linear"  # a schedules.ScheduleConfig kind: linear, scaled_linear, cosine or trained_betas
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    trained_betas: tuple[float, ...] = ()  # beta_schedule "trained_betas" only: beta_t for t = 0..T-1
     predicts_x0: bool = False  # prediction_type "sample": the adapter turns the UNet's x0 into eps
 
     def __post_init__(self) -> None:
@@ -169,6 +170,8 @@ class DiffusersUNetConfig:
         if self.image_size != unet["sample_size"] or self.channels != unet["in_channels"]:
             raise ValueError("network.image_size and network.channels must be the unet_config's sample_size and "
                              f"in_channels ({unet['sample_size']}, {unet['in_channels']})")
+        if isinstance(self.trained_betas, list):  # as read from JSON
+            object.__setattr__(self, "trained_betas", tuple(self.trained_betas))
         self.schedule()  # checks the schedule fields
 
     def schedule(self) -> ScheduleConfig:
@@ -176,11 +179,16 @@ class DiffusersUNetConfig:
         steps = self.num_train_timesteps
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= LIMITS["max_timesteps"]:
             raise ValueError(f"network.num_train_timesteps must be an integer from 1 to {LIMITS['max_timesteps']}")
-        if self.beta_schedule not in ("linear", "scaled_linear", "cosine"):
-            raise ValueError("network.beta_schedule must be linear, scaled_linear or cosine, "
+        if self.beta_schedule not in ("linear", "scaled_linear", "cosine", "trained_betas"):
+            raise ValueError("network.beta_schedule must be linear, scaled_linear, cosine or trained_betas, "
                              f"got {self.beta_schedule!r}")
-        betas = {} if self.beta_schedule == "cosine" else {"beta_start": self.beta_start, "beta_end": self.beta_end}
-        return ScheduleConfig(kind=self.beta_schedule, num_timesteps=self.num_train_timesteps, **betas)
+        betas = {"beta_start": self.beta_start, "beta_end": self.beta_end} \
+            if self.beta_schedule in ("linear", "scaled_linear") else {}
+        try:
+            return ScheduleConfig(kind=self.beta_schedule, num_timesteps=self.num_train_timesteps,
+                                  trained_betas=self.trained_betas, **betas)
+        except ValueError as e:
+            raise ValueError(f"network.{e}") from e
 
     def gflops_per_image(self) -> float:
         """GFLOPs of one UNet evaluation on one image, counted by ``torch.utils.flop_counter`` on

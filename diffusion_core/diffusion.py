@@ -84,10 +84,18 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, abar_prev: float, sigma: floa
 
 
 def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_prev: float,
-              noise: torch.Tensor | None) -> torch.Tensor:
-    """Ancestral step x_prev ~ q(x_prev | x_t, x0_hat) (Ho et al. 2020, Algorithm 2 with the
-    posterior variance beta_tilde)."""
+              noise: torch.Tensor | None, variance_kind: str = "posterior") -> torch.Tensor:
+    """Ancestral step x_prev ~ N(mu_tilde(x_t, x0_hat), sigma^2 I) (Ho et al. 2020, Algorithm 2).
+
+    ``variance_kind`` "posterior": sigma^2 = beta_tilde, the posterior variance of eq. 7 (diffusers'
+    variance_type fixed_small); "beta": sigma^2 = beta = 1 - abar_t / abar_prev (fixed_large). Ho et
+    al. (sec. 3.2) found both choices to give similar results. The last step, to the clean level
+    (abar_prev = 1), adds no noise under either (Algorithm 2: z = 0 at t = 1)."""
     mean, variance = posterior_mean_variance(x_t, x0, abar_t, abar_prev)
+    if variance_kind == "beta":
+        variance = 1.0 - abar_t / abar_prev if abar_prev < 1.0 else 0.0
+    elif variance_kind != "posterior":
+        raise ValueError(f"variance_kind must be posterior or beta, got {variance_kind!r}")
     if variance > 0:
         if noise is None:
             raise ValueError("an ancestral step needs noise")

@@ -22,7 +22,7 @@ its tests in ``tests/test_samplers.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ class SamplerConfig:
     num_steps: int = 50  # 1..the sampler's step limit; DDPM with num_steps = T is the full ancestral chain
     eta: float = 0.0  # samplers that use it (DDIM): 0 deterministic, 1 the DDPM posterior variance
     clip_denoised: bool = False  # clip predicted x0 to the data range, then recompute eps
+    # DDPM only, the variance of each ancestral step (diffusion.ddpm_step): "posterior" beta_tilde
+    # (diffusers' variance_type fixed_small), "beta" beta_t (fixed_large)
+    ddpm_variance: Literal["posterior", "beta"] = "posterior"
 
     def __post_init__(self) -> None:
         if self.name not in REGISTRY:
@@ -53,6 +56,10 @@ class SamplerConfig:
         if self.eta and not self.spec.uses_eta:
             takers = ", ".join(n for n, s in REGISTRY.items() if s.uses_eta)
             raise ValueError(f"{self.name} takes no eta (only {takers} does), got {self.eta}")
+        if self.ddpm_variance not in ("posterior", "beta"):
+            raise ValueError(f"ddpm_variance must be posterior or beta, got {self.ddpm_variance!r:.40}")
+        if self.ddpm_variance != "posterior" and self.name != "ddpm":
+            raise ValueError(f"ddpm_variance {self.ddpm_variance!r} applies to the ddpm sampler only, not {self.name}")
         # plain Python values, so that equal configs hash alike (the app's caches key on them)
         object.__setattr__(self, "num_steps", int(self.num_steps))
         object.__setattr__(self, "eta", float(self.eta))
@@ -183,13 +190,14 @@ def _denoise(denoiser: Denoise, x: torch.Tensor, abar: float, clip: bool):
 def ddpm_steps(denoiser: Denoise, x_T: torch.Tensor, grid: TimeGrid, config: SamplerConfig,
                noise: NoiseSource | None) -> Iterator[StepState]:
     """Ancestral DDPM (Ho et al. 2020, Algorithm 2) on the full grid or a respaced one, using the
-    posterior q(x_prev | x_t, x0_hat) of eqs. 6-7 between consecutive grid levels."""
+    posterior mean of eqs. 6-7 between consecutive grid levels and the variance
+    ``config.ddpm_variance`` names (beta_tilde or beta)."""
     x = x_T
     for i in range(grid.num_steps):
         abar, abar_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
         signal, noise_rate, eps, x0 = _denoise(denoiser, x, abar, config.clip_denoised)
         z = noise(tuple(x.shape[1:])) if abar_prev < 1.0 else None
-        x_next = D.ddpm_step(x, x0, abar, abar_prev, z)
+        x_next = D.ddpm_step(x, x0, abar, abar_prev, z, config.ddpm_variance)
         yield StepState(i, grid.num_steps, float(grid.times[i]), signal, noise_rate, x, x0, eps, x_next)
         x = x_next
 
@@ -197,10 +205,12 @@ def ddpm_steps(denoiser: Denoise, x_T: torch.Tensor, grid: TimeGrid, config: Sam
 @register("ddim", "DDIM", "Song et al., deterministic at eta 0", uses_eta=True)
 def ddim_steps(denoiser: Denoise, x_T: torch.Tensor, grid: TimeGrid, config: SamplerConfig,
                noise: NoiseSource | None) -> Iterator[StepState]:
-    """DDIM (Song et al. 2020, eq. 12 with sigma from eq. 16); eta = 0 is deterministic."""
+    """DDIM (Song et al. 2020, eq. 12 with sigma from eq. 16); eta = 0 is deterministic. Step i
+    goes to the level ``grid.ddim_targets[i]`` (the next grid level unless the schedule says
+    otherwise: schedules.ddim_target_levels)."""
     x = x_T
     for i in range(grid.num_steps):
-        abar, abar_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        abar, abar_prev = float(grid.alphas_cumprod[i]), float(grid.ddim_targets[i])
         signal, noise_rate, eps, x0 = _denoise(denoiser, x, abar, config.clip_denoised)
         sigma = D.ddim_sigma(abar, abar_prev, config.eta)
         z = noise(tuple(x.shape[1:])) if sigma > 0 else None
@@ -261,11 +271,10 @@ def ddim_invert_steps(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Ten
     the noisier latent; the last one is x_T.
     """
     grid = time_grid(schedule, num_steps)
-    abars = grid.alphas_cumprod[::-1]  # [1.0, ..., abar_T]
-    times = grid.times[::-1]
     x = x0
     for i in range(grid.num_steps):
-        abar_cur, abar_next = float(abars[i]), float(abars[i + 1])
+        j = grid.num_steps - 1 - i  # the sampling step this one undoes: from its target back to its level
+        abar_cur, abar_next = float(grid.ddim_targets[j]), float(grid.alphas_cumprod[j])
         guess = x
         for _ in range(fixed_point_iterations + 1):
             signal, noise, eps, _ = _denoise(denoiser, guess, abar_next, False)
@@ -274,7 +283,7 @@ def ddim_invert_steps(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Ten
             else:
                 x0_hat = D.x0_from_eps(x, eps, float(np.sqrt(abar_cur)), float(np.sqrt(1.0 - abar_cur)))
             guess = D.ddim_step(x0_hat, eps, abar_next, 0.0, None)
-        yield StepState(i, grid.num_steps, float(times[i]), signal, noise, x, x0_hat, eps, guess)
+        yield StepState(i, grid.num_steps, float(grid.times[j]), signal, noise, x, x0_hat, eps, guess)
         x = guess
 
 

@@ -24,8 +24,10 @@ from typing import Literal
 
 import numpy as np
 
-ScheduleKind = Literal["linear", "scaled_linear", "cosine", "continuous_cosine"]
+ScheduleKind = Literal["linear", "scaled_linear", "cosine", "trained_betas", "continuous_cosine"]
 Spacing = Literal["trailing", "leading", "linspace"]
+DdimTarget = Literal["next", "stride"]
+MAX_TRAINED_BETAS = 100_000  # entries of a trained_betas schedule (T), as num_timesteps' bound
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,14 @@ class ScheduleConfig:
     min_signal_rate: float = 0.02  # continuous cosine only: signal rate at t = 1
     spacing: Spacing = "trailing"  # discrete only: which T-grid steps a sampler visits (time_grid)
     steps_offset: int = 0  # discrete "leading" spacing only: added to every grid step (diffusers' steps_offset)
+    trained_betas: tuple[float, ...] = ()  # kind "trained_betas" only: beta_t for t = 0..T-1 as given (T entries)
+    # discrete only, where DDIM (and its inversion) steps: "next" the next grid level; "stride" the level
+    # t - floor(T / S) whatever the grid, as diffusers' DDIMScheduler does (time_grid, ddim_targets)
+    ddim_target: DdimTarget = "next"
+    set_alpha_to_one: bool = True  # discrete only: DDIM's last step goes to clean (abar = 1), else to abar_0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("linear", "scaled_linear", "cosine", "continuous_cosine"):
+        if self.kind not in ("linear", "scaled_linear", "cosine", "trained_betas", "continuous_cosine"):
             raise ValueError(f"unknown schedule kind {self.kind!r}")
         if not isinstance(self.num_timesteps, int) or isinstance(self.num_timesteps, bool):
             raise ValueError(f"num_timesteps must be a whole number, got {self.num_timesteps!r}")
@@ -59,6 +66,12 @@ class ScheduleConfig:
             raise ValueError("need 0 < beta_start < beta_end < 1")
         if not 0 < self.min_signal_rate < self.max_signal_rate <= 1:
             raise ValueError("need 0 < min_signal_rate < max_signal_rate <= 1")
+        if self.ddim_target not in ("next", "stride") or not isinstance(self.set_alpha_to_one, bool):
+            raise ValueError(f"ddim_target must be next or stride and set_alpha_to_one true or false, got "
+                             f"{self.ddim_target!r:.40} and {self.set_alpha_to_one!r:.40}")
+        if not self.is_discrete and (self.ddim_target != "next" or not self.set_alpha_to_one):
+            raise ValueError("ddim_target and set_alpha_to_one apply to discrete schedules only")
+        object.__setattr__(self, "trained_betas", check_trained_betas(self.trained_betas, self.kind, self.num_timesteps))
 
     @property
     def is_discrete(self) -> bool:
@@ -89,6 +102,28 @@ def cosine_alphas_cumprod(num_timesteps: int = 1000, s: float = 0.008, max_beta:
     return np.cumprod(1.0 - betas)
 
 
+def check_trained_betas(betas, kind: str, num_timesteps: int) -> tuple[float, ...]:
+    """The betas of a "trained_betas" schedule as a tuple of floats: T = ``num_timesteps`` finite
+    values in (0, 1) whose abar_{T-1} stays above 0 in float64; empty for every other kind.
+    ValueError naming ``trained_betas`` otherwise."""
+    if not isinstance(betas, (list, tuple)):
+        raise ValueError(f"trained_betas must be a list of numbers, got {type(betas).__name__}")
+    if kind != "trained_betas":
+        if betas:
+            raise ValueError(f"trained_betas apply to the trained_betas kind only, got kind {kind!r}")
+        return ()
+    if not 1 <= len(betas) <= MAX_TRAINED_BETAS or len(betas) != num_timesteps:
+        raise ValueError(f"trained_betas must hold num_timesteps ({num_timesteps}) values, at most "
+                         f"{MAX_TRAINED_BETAS}, got {len(betas)}")
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and 0 < b < 1
+               for b in betas):
+        raise ValueError("trained_betas must be finite numbers strictly between 0 and 1")
+    out = tuple(float(b) for b in betas)
+    if not alphas_cumprod_from_betas(np.asarray(out))[-1] > 0:
+        raise ValueError("trained_betas leave no signal: abar_t reaches 0 in float64")
+    return out
+
+
 def alphas_cumprod_from_betas(betas: np.ndarray) -> np.ndarray:
     """abar_t = prod_{s<=t} (1 - beta_s) (Ho et al. 2020, notation above eq. 4). float64 [T]."""
     return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
@@ -102,6 +137,8 @@ def discrete_alphas_cumprod(config: ScheduleConfig) -> np.ndarray:
         return alphas_cumprod_from_betas(scaled_linear_betas(config.num_timesteps, config.beta_start, config.beta_end))
     if config.kind == "cosine":
         return cosine_alphas_cumprod(config.num_timesteps, config.cosine_s)
+    if config.kind == "trained_betas":  # the betas a model was trained with, given as they are
+        return alphas_cumprod_from_betas(np.asarray(config.trained_betas, dtype=np.float64))
     raise ValueError(f"{config.kind} is not a discrete schedule")
 
 
@@ -133,15 +170,28 @@ class TimeGrid:
 
     ``times[i]`` is the schedule time of step i (S entries). ``alphas_cumprod`` has S + 1 entries:
     abar at each step's time, then 1.0 for the clean end point x_0 (so the last step returns its
-    predicted x0, as DDIM's final step does).
+    predicted x0, as DDIM's final step does). ``ddim_targets`` [S] is the level each DDIM step
+    goes to: by default the next level, ``alphas_cumprod[1:]``.
     """
 
     times: np.ndarray  # [S] schedule times, noisiest first
     alphas_cumprod: np.ndarray  # [S + 1] float64, increasing, last = 1.0
+    ddim_targets: np.ndarray | None = None  # [S] float64 abar each DDIM step goes to; None: alphas_cumprod[1:]
+
+    def __post_init__(self) -> None:
+        if self.ddim_targets is None:
+            object.__setattr__(self, "ddim_targets", np.asarray(self.alphas_cumprod[1:], dtype=np.float64))
+        if not len(self.times) + 1 == len(self.alphas_cumprod) == len(self.ddim_targets) + 1:
+            raise ValueError("a time grid needs S times, S + 1 levels and S DDIM targets")
 
     @property
     def num_steps(self) -> int:
         return len(self.times)
+
+    def steps(self, start: int, stop: int | None = None) -> "TimeGrid":
+        """The grid of steps start..stop-1 (to the end by default), each with its own target."""
+        stop = self.num_steps if stop is None else stop
+        return TimeGrid(self.times[start:stop], self.alphas_cumprod[start:stop + 1], self.ddim_targets[start:stop])
 
 
 def time_fraction(config: ScheduleConfig, t: float) -> float:
@@ -175,7 +225,9 @@ def time_grid(config: ScheduleConfig, num_steps: int) -> TimeGrid:
     - "leading": t_i = (S - 1 - i) floor(T / S) + steps_offset (DDPM's and DDIM's original grid);
     - "linspace": S evenly spaced steps from T-1 to 0, rounded (np.linspace(0, T - 1, S), reversed).
 
-    Every step goes to the next level of the grid, the last to clean. Continuous: t_i = 1 - i / S.
+    Every step goes to the next level of the grid, the last to clean. A DDIM step goes to
+    ``ddim_targets`` instead (``ddim_target_levels``), which differ where ``config`` says so.
+    Continuous: t_i = 1 - i / S.
     """
     limit = max_sampling_steps(config)
     if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= limit:
@@ -193,9 +245,26 @@ def time_grid(config: ScheduleConfig, num_steps: int) -> TimeGrid:
         if times.max() > T - 1:
             raise ValueError(f"{num_steps} steps with steps_offset {config.steps_offset} go beyond the last "
                              f"trained step {T - 1}: choose fewer steps")
-        abar = discrete_alphas_cumprod(config)[times]
+        table = discrete_alphas_cumprod(config)
+        abar = table[times]
+        return TimeGrid(times, np.concatenate([abar, [1.0]]), ddim_target_levels(config, table, times))
+    times = 1.0 - np.arange(num_steps, dtype=np.float64) / num_steps
+    signal, _ = continuous_cosine_rates(times, config.max_signal_rate, config.min_signal_rate)
+    return TimeGrid(times=times, alphas_cumprod=np.concatenate([signal**2, [1.0]]))
+
+
+def ddim_target_levels(config: ScheduleConfig, alphas_cumprod: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """abar of the level each DDIM step of a discrete grid ``times`` [S] goes to, float64 [S].
+
+    ``ddim_target = "next"``: the next grid step's abar, and 1 (clean) after the last. ``"stride"``:
+    the step t_prev = t - floor(T / S) (diffusers' ``DDIMScheduler.step``, "prev_timestep"), which is
+    the next grid step only where the grid is evenly spaced by floor(T / S) (leading, and trailing
+    when S divides T); a linspace grid visits round(k (T-1)/(S-1)) but each step still lands
+    floor(T / S) lower. Where t_prev < 0 the step goes to the final level: 1 (clean, Song et al.
+    2020 define alpha_0 := 1), or abar_0 with ``set_alpha_to_one = False`` (diffusers' option)."""
+    final = 1.0 if config.set_alpha_to_one else float(alphas_cumprod[0])
+    if config.ddim_target == "stride":
+        prev = np.asarray(times, dtype=np.int64) - config.num_timesteps // len(times)
     else:
-        times = 1.0 - np.arange(num_steps, dtype=np.float64) / num_steps
-        signal, _ = continuous_cosine_rates(times, config.max_signal_rate, config.min_signal_rate)
-        abar = signal**2
-    return TimeGrid(times=times, alphas_cumprod=np.concatenate([abar, [1.0]]))
+        prev = np.append(np.asarray(times, dtype=np.int64)[1:], -1)
+    return np.where(prev >= 0, alphas_cumprod[np.maximum(prev, 0)], final).astype(np.float64)
