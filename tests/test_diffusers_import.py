@@ -45,8 +45,9 @@ def our_x0(model, x_T, steps, clip, name="ddim", noise=None):
                                noise))
 
 
-FAST = [("leading", 1, "epsilon", 10), ("trailing", 0, "v_prediction", 10), ("leading", 0, "sample", 10)]
-EVERY = [(sp, off, pred, steps) for sp, off in (("leading", 1), ("leading", 0), ("trailing", 0))
+FAST = [("leading", 1, "epsilon", 10), ("trailing", 0, "v_prediction", 10), ("leading", 0, "sample", 10),
+        ("linspace", 0, "epsilon", 10)]
+EVERY = [(sp, off, pred, steps) for sp, off in (("leading", 1), ("leading", 0), ("trailing", 0), ("linspace", 0))
          for pred in ("epsilon", "v_prediction", "sample") for steps in (10, 50)]
 
 
@@ -55,8 +56,9 @@ EVERY = [(sp, off, pred, steps) for sp, off in (("leading", 1), ("leading", 0), 
 def test_ddim_equals_ddim_pipeline(unet, tmp_path, spacing, offset, prediction, steps):
     """Deterministic DDIM from the same starting noise: our images are DDIMPipeline's to float32
     rounding, with and without clip_sample (the core's --clip re-derives eps from the clipped x0:
-    the pipeline's use_clipped_model_output). Every spacing, prediction and 10 or 50 steps in the
-    slow tier."""
+    the pipeline's use_clipped_model_output). At linspace too, where DDIMScheduler's steps land
+    T // S below each grid step rather than on the next one. Every spacing, prediction and 10 or 50
+    steps in the slow tier."""
     for clip in (False, True):
         folder = save_pipeline(unet, tmp_path / f"p{clip}", diffusers.DDIMScheduler(
             timestep_spacing=spacing, steps_offset=offset, clip_sample=clip, prediction_type=prediction))
@@ -68,6 +70,90 @@ def test_ddim_equals_ddim_pipeline(unet, tmp_path, spacing, offset, prediction, 
         ours = (our_x0(model, x_T, steps, clip) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
         assert np.abs(ours - theirs).max() <= 1e-4, clip
         assert 0.05 < theirs.std()  # an image, not a constant
+
+
+def pipeline_vs_ours(unet, folder: Path, steps: int, clip: bool, seed: int = 3):
+    """(DDIMPipeline's images, ours) [N x H x W x 3] in [0, 1] from the same starting noise."""
+    pipe = diffusers.DDIMPipeline.from_pretrained(folder)
+    x_T = torch.randn((2, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(seed))
+    theirs = pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
+                  output_type="np", use_clipped_model_output=clip).images
+    ours = (our_x0(load_checkpoint(folder), x_T, steps, clip) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return theirs, ours
+
+
+def test_trained_betas_are_the_schedule(unet, tmp_path):
+    """A scheduler config with trained_betas: the core's abar table is diffusers' for those betas,
+    the UNet sees the same integer steps, and DDIM equals DDIMPipeline on it."""
+    betas = (np.linspace(0.02**0.5, 0.2**0.5, 1000) ** 2 / 10).tolist()  # neither linear nor scaled_linear
+    folder = save_pipeline(unet, tmp_path / "p", diffusers.DDIMScheduler(trained_betas=betas, clip_sample=False,
+                                                                         timestep_spacing="trailing"))
+    model = load_checkpoint(folder)
+    schedule = model.experiment.schedule
+    assert (schedule.kind, len(schedule.trained_betas)) == ("trained_betas", 1000)
+    theirs_abar = diffusers.DDIMScheduler.from_pretrained(folder / "scheduler").alphas_cumprod.double().numpy()
+    np.testing.assert_allclose(discrete_alphas_cumprod(schedule), theirs_abar, rtol=1e-5)
+    assert abs(discrete_alphas_cumprod(schedule)[999] - 7.4702308e-05) < 1e-12  # prod(1 - beta_t) by a plain loop
+    theirs, ours = pipeline_vs_ours(unet, folder, 10, False)
+    assert np.abs(ours - theirs).max() <= 1e-4 and 0.05 < theirs.std()
+    reloaded = load_checkpoint(folder)  # the description's JSON round trip keeps the betas
+    assert reloaded.experiment.schedule == schedule
+
+
+def test_set_alpha_to_one_false_ends_ddim_at_abar_0(unet, tmp_path):
+    """set_alpha_to_one = false: DDIM's last step goes to abar_0 rather than clean, as DDIMScheduler's;
+    the grid's last DDIM target says so, and the images equal DDIMPipeline's."""
+    folder = save_pipeline(unet, tmp_path / "p", diffusers.DDIMScheduler(set_alpha_to_one=False, clip_sample=False,
+                                                                         timestep_spacing="trailing"))
+    schedule = load_checkpoint(folder).experiment.schedule
+    grid = time_grid(schedule, 10)
+    assert grid.ddim_targets[-1] == discrete_alphas_cumprod(schedule)[0] == pytest.approx(0.9999)  # 1 - beta_0
+    assert grid.alphas_cumprod[-1] == 1.0  # DDPM's last step still goes to clean, as DDPMScheduler's
+    theirs, ours = pipeline_vs_ours(unet, folder, 10, False)
+    assert np.abs(ours - theirs).max() <= 1e-4
+    set_to_one = save_pipeline(unet, tmp_path / "one", diffusers.DDIMScheduler(clip_sample=False,
+                                                                               timestep_spacing="trailing"))
+    assert np.abs(pipeline_vs_ours(unet, set_to_one, 10, False)[1] - ours).max() > 1e-3  # the setting matters
+
+
+def test_ddim_targets_follow_diffusers_prev_timestep():
+    """A diffusers schedule's DDIM steps land on t - T // S (golden levels), the next grid step only
+    where the grid is evenly spaced; our own schedules step to the next grid level."""
+    table = discrete_alphas_cumprod(ScheduleConfig("linear"))
+    linspace = time_grid(ScheduleConfig("linear", spacing="linspace", ddim_target="stride"), 10)
+    assert linspace.times.tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    np.testing.assert_array_equal(linspace.ddim_targets, np.append(table[[899, 788, 677, 566, 455, 344, 233, 122, 11]],
+                                                                   1.0))
+    trailing = time_grid(ScheduleConfig("linear", ddim_target="stride"), 7)  # 7 does not divide 1000
+    assert trailing.times.tolist() == [999, 856, 713, 570, 428, 285, 142]  # the last step lands on t = 0, not clean
+    np.testing.assert_array_equal(trailing.ddim_targets, table[[857, 714, 571, 428, 286, 143, 0]])
+    ours = time_grid(ScheduleConfig("linear", spacing="linspace"), 10)
+    np.testing.assert_array_equal(ours.ddim_targets, ours.alphas_cumprod[1:])
+    leading = time_grid(ScheduleConfig("linear", spacing="leading", steps_offset=1, ddim_target="stride"), 10)
+    np.testing.assert_array_equal(leading.ddim_targets, leading.alphas_cumprod[1:])  # evenly spaced: the same
+    np.testing.assert_array_equal(linspace.steps(8).ddim_targets, linspace.ddim_targets[8:])
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_ddim_inversion_undoes_stride_steps(spacing):
+    """DDIM inversion on a stride schedule undoes its sampling: for data N(0, s^2 I) the denoiser is
+    exact (E[x0 | x_t] = alpha s^2 / (alpha^2 s^2 + sigma^2) x_t), so with enough fixed-point
+    iterations the round trip returns the starting noise to float64 rounding; inverting as if each
+    step went to the next grid level does not."""
+    import dataclasses
+
+    from diffusion_core.samplers import ddim_invert
+
+    def gaussian(x, signal, noise):  # s^2 = 0.25
+        x0 = signal * 0.25 / (signal**2 * 0.25 + noise**2) * x
+        return (x - signal * x0) / noise, x0
+
+    schedule = ScheduleConfig("linear", spacing=spacing, ddim_target="stride", set_alpha_to_one=False)
+    x_T = torch.randn((1, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x0 = sample(sample_steps(gaussian, schedule, x_T, SamplerConfig("ddim", 7)))
+    assert (ddim_invert(gaussian, schedule, x0, 7, fixed_point_iterations=100) - x_T).abs().max() < 1e-12
+    as_next = dataclasses.replace(schedule, ddim_target="next")
+    assert (ddim_invert(gaussian, as_next, x0, 7, fixed_point_iterations=100) - x_T).abs().max() > 1e-2
 
 
 def test_ddim_equals_scheduler_before_clamping(unet, tmp_path):
@@ -104,10 +190,15 @@ def test_ddpm_chain_equals_ddpm_scheduler(unet, tmp_path, prediction, spacing):
     assert (ours - x).abs().max() <= 2e-4
 
 
-def test_one_ddpm_step_equals_ddpm_scheduler_step(unet, tmp_path):
-    """A single full-grid step (t = 500 -> 499), given identical inputs and noise."""
-    folder = save_pipeline(unet, tmp_path / "p", diffusers.DDPMScheduler(clip_sample=False), diffusers.DDPMPipeline)
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
+def test_one_ddpm_step_equals_ddpm_scheduler_step(unet, tmp_path, variance_type):
+    """A single full-grid step (t = 500 -> 499), given identical inputs and noise; fixed_large
+    (variance beta_t, the model description's ddpm_variance "beta") as well as fixed_small."""
+    folder = save_pipeline(unet, tmp_path / "p", diffusers.DDPMScheduler(clip_sample=False, variance_type=variance_type),
+                           diffusers.DDPMPipeline)
     model = load_checkpoint(folder)
+    kind = model.description["diffusers"]["ddpm_variance"]
+    assert kind == {"fixed_small": "posterior", "fixed_large": "beta"}[variance_type]
     scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
     x = torch.randn((2, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(1))
     z = torch.randn((2, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(2))
@@ -115,8 +206,34 @@ def test_one_ddpm_step_equals_ddpm_scheduler_step(unet, tmp_path):
         theirs = scheduler.step(unet(x, 500).sample, 500, x, generator=torch.Generator().manual_seed(2)).prev_sample
     abar = discrete_alphas_cumprod(model.experiment.schedule)
     eps, x0 = denoiser(model)(x, float(np.sqrt(abar[500])), float(np.sqrt(1 - abar[500])))
-    ours = D.ddpm_step(x, x0, float(abar[500]), float(abar[499]), z)
+    ours = D.ddpm_step(x, x0, float(abar[500]), float(abar[499]), z, kind)
     assert (ours - theirs).abs().max() <= 1e-4
+    mean = D.ddpm_step(x, x0, float(abar[500]), float(abar[499]), torch.zeros_like(z), kind)
+    # the noise's scale: beta_500 = 1e-4 + 500/999 (0.02 - 1e-4) = 0.01005996 (linear); beta_tilde a little less
+    expected = 0.01005996 if kind == "beta" else 0.01005996 * (1 - abar[499]) / (1 - abar[500])
+    assert ((ours - mean).std() / z.std()).item() ** 2 == pytest.approx(expected, rel=2e-3)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading"])
+def test_fixed_large_ddpm_chain_equals_ddpm_scheduler(unet, tmp_path, spacing):
+    """Our ancestral DDPM with ddpm_variance "beta" equals a chain of DDPMScheduler.step with
+    variance_type fixed_large, on grids that end at t = 0 (where diffusers adds no noise to the last step)."""
+    folder = save_pipeline(unet, tmp_path / "p", diffusers.DDPMScheduler(
+        variance_type="fixed_large", timestep_spacing=spacing, clip_sample=True), diffusers.DDPMPipeline)
+    model = load_checkpoint(folder)
+    scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps[-1] == 0
+    x = x_T = torch.randn((1, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(99))
+    g = torch.Generator().manual_seed(7 + 0x5EED)  # NoiseSource's generator of seed 7
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x, generator=g).prev_sample
+    config = SamplerConfig("ddpm", 10, clip_denoised=True, ddpm_variance="beta")
+    ours = sample(sample_steps(denoiser(model), model.experiment.schedule, x_T, config, NoiseSource([7])))
+    assert (ours - x).abs().max() <= 2e-4
+    small = our_x0(model, x_T, 10, True, "ddpm", NoiseSource([7]))
+    assert (small - x).abs().max() > 1e-2  # the posterior variance gives another chain
 
 
 def test_spacings_match_diffusers_timesteps():
@@ -185,8 +302,17 @@ def edit_json(path: Path, **changes):
     ("model_index.json", {"_class_name": "LDMPipeline"}, "_class_name 'LDMPipeline' is not supported"),
     ("scheduler/scheduler_config.json", {"_class_name": "PNDMScheduler"}, "'PNDMScheduler' is not supported"),
     ("scheduler/scheduler_config.json", {"thresholding": True}, "thresholding True cannot be honoured"),
-    ("scheduler/scheduler_config.json", {"trained_betas": [0.1] * 1000}, "trained_betas"),
+    ("scheduler/scheduler_config.json", {"trained_betas": [0.1] * 999}, r"trained_betas must hold num_timesteps "
+                                                                           r"\(1000\) values, at most 100000, got 999"),
+    ("scheduler/scheduler_config.json", {"trained_betas": [0.1] * 999 + [1.0]}, "trained_betas must be finite numbers "
+                                                                              "strictly between 0 and 1"),
+    ("scheduler/scheduler_config.json", {"trained_betas": [float("nan")] * 1000}, "trained_betas must be finite"),
+    ("scheduler/scheduler_config.json", {"trained_betas": ["0.1"] * 1000}, "trained_betas must be finite"),
+    ("scheduler/scheduler_config.json", {"trained_betas": 0.1}, "trained_betas must be a list of numbers, got 0.1"),
+    ("scheduler/scheduler_config.json", {"trained_betas": [0.9] * 1000}, "trained_betas leave no signal"),
     ("scheduler/scheduler_config.json", {"variance_type": "learned_range"}, "variance_type 'learned_range'"),
+    ("scheduler/scheduler_config.json", {"variance_type": "fixed_large_log"}, "variance_type 'fixed_large_log'"),
+    ("scheduler/scheduler_config.json", {"set_alpha_to_one": "no"}, "set_alpha_to_one 'no' cannot be honoured"),
     ("scheduler/scheduler_config.json", {"prediction_type": "flow"}, "prediction_type 'flow' cannot be honoured"),
     ("scheduler/scheduler_config.json", {"num_train_timesteps": -5}, "num_train_timesteps must be an integer"),
     ("scheduler/scheduler_config.json", {"beta_start": 0.5, "beta_end": 0.1}, "beta_start < beta_end"),
