@@ -335,6 +335,18 @@ def test_missing_or_mismatched_weights_are_refused(unet, tmp_path):
         load_checkpoint(folder)
 
 
+def test_without_diffusers_a_folder_is_refused_in_one_line(unet, tmp_path, monkeypatch):
+    """diffusers is imported only when a folder is opened; missing, it is one line naming the folder
+    and the install command, and the rest of the core still imports."""
+    import sys
+
+    folder = save_pipeline(unet, tmp_path / "p", diffusers.DDPMScheduler(), diffusers.DDPMPipeline)
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(folder)
+    assert str(e.value) == (f"{folder}: diffusers models need the diffusers package: pip install 'diffusers>=0.30'")
+
+
 class Payload:
     """Unpickling this would call Path.touch on the marker file."""
 
