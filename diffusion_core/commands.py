@@ -12,6 +12,7 @@ import torch
 
 from .checkpoint import convert_diffusers, export_checkpoint, load_checkpoint
 from .config import load_experiment
+from .diffusers_import import ddpm_variance
 from .files import atomic_write_bytes
 from .guidance import NO_GUIDANCE, Guidance, check_weight, guidance
 from .images import gif_bytes, make_grid, save_png
@@ -26,8 +27,10 @@ def _autocast(args) -> str | None:
     return None if args.fp32 else AUTO
 
 
-def _sampler(args) -> SamplerConfig:
-    return SamplerConfig(args.sampler, args.steps, args.eta, args.clip)
+def _sampler(args, model=None) -> SamplerConfig:
+    """The flags' sampler; DDPM on ``model`` with the step variance its scheduler config names."""
+    variance = ddpm_variance(model.description) if model is not None and args.sampler == "ddpm" else "posterior"
+    return SamplerConfig(args.sampler, args.steps, args.eta, args.clip, variance)
 
 
 def _guidance(args, model) -> Guidance | None:
@@ -101,7 +104,7 @@ def sample(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
     guide = _guidance(args, model)
     start = time.perf_counter()
-    images = generate(model, seeds, _sampler(args), autocast=_autocast(args), compile=args.compile, guidance=guide)
+    images = generate(model, seeds, _sampler(args, model), autocast=_autocast(args), compile=args.compile, guidance=guide)
     path = save_png(make_grid(images, args.cols), args.out)
     print(f"{len(images)} images{_guided(guide)} in {time.perf_counter() - start:.1f} s -> {path}")
     return 0
@@ -113,7 +116,7 @@ def interpolate(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     model = load_checkpoint(args.checkpoint, resolve_device(args.device))
     guide = _guidance(args, model)
-    frames = interpolation_frames(model, seeds, args.frames, args.method, _sampler(args),
+    frames = interpolation_frames(model, seeds, args.frames, args.method, _sampler(args, model),
                                   autocast=_autocast(args), guidance=guide)
     out = Path(args.out)
     if out.suffix.lower() == ".gif":

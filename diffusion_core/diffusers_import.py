@@ -226,6 +226,13 @@ def read_pipeline(folder: DiffusersFolder) -> dict[str, Any]:
     }
 
 
+def ddpm_variance(description: dict[str, Any]) -> str:
+    """The DDPM step variance a model's own scheduler takes (``SamplerConfig.ddpm_variance``): a
+    diffusers folder's (or its conversion's) variance_type, "posterior" for every other checkpoint."""
+    value = (description.get("diffusers") or {}).get("ddpm_variance", "posterior")
+    return value if value in ("posterior", "beta") else "posterior"
+
+
 def weight_file(folder: DiffusersFolder) -> Path:
     """The UNet's weight file: safetensors first, the ``.bin`` pickle last. Sharded weights are refused."""
     for name in WEIGHT_FILES:

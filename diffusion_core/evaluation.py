@@ -4,6 +4,7 @@ real-vs-real floor, and the share of near-copies of training images (memorisatio
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from .checkpoint import LoadedModel, load_checkpoint, modify_description
+from .diffusers_import import ddpm_variance
 from .fid import FeatureExtractor, cache_path, fid_from_features, load_feature_extractor, near_copy_report
 from .files import atomic_write_bytes
 from .generate import generate
@@ -193,7 +195,10 @@ def evaluate_checkpoint(options: EvaluationOptions) -> dict[str, Any]:
     size = model.experiment.network.image_size
     real = load_image_set(o.data, size, cache_dir=Path(o.cache_dir) / "data")
     extractor = load_feature_extractor(o.fid_weights, device, batch_size=min(o.feature_batch, 200))
-    result = evaluate_model(model, real.images, real.name, o.sampler, o.num_samples, extractor, o.cache_dir,
+    sampler = o.sampler  # DDPM with the step variance of the model's own scheduler (diffusers' variance_type)
+    if sampler.name == "ddpm":
+        sampler = dataclasses.replace(sampler, ddpm_variance=ddpm_variance(model.description))
+    result = evaluate_model(model, real.images, real.name, sampler, o.num_samples, extractor, o.cache_dir,
                             memorization=o.memorization, autocast=o.autocast, compile=o.compile,
                             equal_n_splits=o.equal_n_splits, guidance=guide)
     result["floor"] = real_vs_real_floor(cached_features(real.images, real.name, extractor, o.cache_dir))

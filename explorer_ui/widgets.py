@@ -26,6 +26,7 @@ import torch
 
 from diffusion_core.checkpoint import LoadedModel
 from diffusion_core.data import IMAGE_EXTENSIONS
+from diffusion_core.diffusers_import import ddpm_variance
 from diffusion_core.images import png_bytes
 from diffusion_core.samplers import DEFAULT_SAMPLER, REGISTRY, SamplerConfig, step_limit
 from diffusion_core.training import resolve_device
@@ -386,9 +387,11 @@ class SamplerInputs:
     steps: int
     eta: float
     clip: bool = False  # clip predicted x0 to the data range at each step
+    ddpm_variance: str = "posterior"  # the model's own DDPM step variance (diffusers' variance_type)
 
     def config(self) -> SamplerConfig:
-        return SamplerConfig(self.name, self.steps, self.eta, self.clip)
+        return SamplerConfig(self.name, self.steps, self.eta, self.clip,
+                             self.ddpm_variance if self.name == "ddpm" else "posterior")
 
 
 def sampler_inputs(prefix: str, choice: ModelChoice, deterministic: bool = False, where=None) -> SamplerInputs:
@@ -420,18 +423,19 @@ def sampler_inputs(prefix: str, choice: ModelChoice, deterministic: bool = False
                           help="At every step, clip the model's estimate of the clean image to the pixel range "
                                "and recompute the noise from it (the CLI's --clip). The recorded FIDs were "
                                "measured without it.")
+    variance = ddpm_variance(choice.model.description)
     if deterministic:
-        return SamplerInputs(name, steps, 0.0, clip)
+        return SamplerInputs(name, steps, 0.0, clip, variance)
     takers = " and ".join(spec.label for spec in REGISTRY.values() if spec.uses_eta)
     label, about_eta = f"eta ({takers})", "0: deterministic; 1: the DDPM posterior variance."
     if not REGISTRY[name].uses_eta:
         where.slider(label, 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta", disabled=True, help=about_eta)
-        return SamplerInputs(name, steps, 0.0, clip)
+        return SamplerInputs(name, steps, 0.0, clip, variance)
     with where.form(f"{prefix}_eta_form", border=False):
         eta = st.slider(label, 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_eta", help=about_eta)
         st.form_submit_button("Apply eta", help="Sampling starts when you apply a new eta, not at every "
                                                 "step of the slider.")
-    return SamplerInputs(name, steps, float(eta), clip)
+    return SamplerInputs(name, steps, float(eta), clip, variance)
 
 
 @dataclass(frozen=True)

@@ -214,6 +214,31 @@ def test_one_ddpm_step_equals_ddpm_scheduler_step(unet, tmp_path, variance_type)
     assert ((ours - mean).std() / z.std()).item() ** 2 == pytest.approx(expected, rel=2e-3)
 
 
+def test_fixed_large_reaches_the_cli_the_app_and_a_conversion(unet, tmp_path):
+    """A fixed_large folder's DDPM runs with ddpm_variance "beta" from the CLI and the app's sampler
+    box, and keeps it through `convert`; other samplers and our checkpoints are untouched."""
+    import argparse
+
+    from diffusion_core.commands import _sampler
+    from diffusion_core.diffusers_import import ddpm_variance
+    from explorer_ui.widgets import SamplerInputs
+
+    folder = save_pipeline(unet, tmp_path / "p", diffusers.DDPMScheduler(variance_type="fixed_large"),
+                           diffusers.DDPMPipeline)
+    model = load_checkpoint(folder)
+    args = argparse.Namespace(sampler="ddpm", steps=10, eta=0.0, clip=False)
+    assert _sampler(args, model).ddpm_variance == "beta"
+    args.sampler = "ddim"
+    assert _sampler(args, model).ddpm_variance == "posterior"
+    assert SamplerInputs("ddpm", 10, 0.0, False, "beta").config().ddpm_variance == "beta"
+    assert SamplerInputs("ddim", 10, 0.0, False, "beta").config().ddpm_variance == "posterior"
+    assert main(["convert", str(folder), str(tmp_path / "conv")]) == 0
+    assert ddpm_variance(load_checkpoint(tmp_path / "conv.json").description) == "beta"
+    assert ddpm_variance({"name": "ours"}) == "posterior"
+    with pytest.raises(ValueError, match="ddpm_variance 'beta' applies to the ddpm sampler only, not ddim"):
+        SamplerConfig("ddim", 10, ddpm_variance="beta")
+
+
 @pytest.mark.parametrize("spacing", ["linspace", "leading"])
 def test_fixed_large_ddpm_chain_equals_ddpm_scheduler(unet, tmp_path, spacing):
     """Our ancestral DDPM with ddpm_variance "beta" equals a chain of DDPMScheduler.step with
