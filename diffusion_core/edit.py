@@ -16,7 +16,7 @@ from . import diffusion as D
 from . import runtime
 from .checkpoint import LoadedModel
 from .samplers import Denoise, NoiseSource, SamplerConfig, check_steps, seed_noise
-from .schedules import ScheduleConfig, TimeGrid, time_grid
+from .schedules import ScheduleConfig, time_grid
 from .views import sub_grid
 
 KNOWN_NOISE_OFFSET = 0x4B4E  # the known region's noise stream, apart from the seed's starting and step noise
@@ -61,7 +61,7 @@ def sdedit(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Tensor, config
         raise ValueError("masked regeneration needs a NoiseSource for the known region")
     keep = 1.0 - regenerate.to(x0.device, x0.dtype)
     for i in range(grid.num_steps):
-        one = TimeGrid(grid.times[i:i + 1], grid.alphas_cumprod[i:i + 2])
+        one = grid.steps(i, i + 1)
         for state in config.spec.steps(denoiser, x, one, config, step_noise):
             x = state.x_next
         abar_next = float(grid.alphas_cumprod[i + 1])

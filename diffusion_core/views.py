@@ -187,7 +187,7 @@ class _CountingNoise:
 
 def sub_grid(grid: TimeGrid, k: int) -> TimeGrid:
     """The levels of ``grid`` from step k on: steps k..S-1 and the clean end point."""
-    return TimeGrid(grid.times[k:], grid.alphas_cumprod[k:])
+    return grid.steps(k)
 
 
 def branch_trajectory(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Tensor, original: SamplerConfig,
