@@ -134,6 +134,24 @@ def test_ddim_targets_follow_diffusers_prev_timestep():
     np.testing.assert_array_equal(linspace.steps(8).ddim_targets, linspace.ddim_targets[8:])
 
 
+def test_new_schedule_fields_are_checked_by_name():
+    from diffusion_core.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ValueError, match="trained_betas apply to the trained_betas kind only, got kind 'linear'"):
+        ScheduleConfig("linear", trained_betas=(0.01,) * 1000)
+    with pytest.raises(ValueError, match="ddim_target and set_alpha_to_one apply to discrete schedules only"):
+        ScheduleConfig(set_alpha_to_one=False)
+    with pytest.raises(ValueError, match="ddim_target must be next or stride"):
+        ScheduleConfig("linear", ddim_target="previous")
+    table = {"kind": "trained_betas", "num_timesteps": 3, "trained_betas": [0.1, 0.2, "0.3"]}
+    with pytest.raises(ConfigError, match=r"\[schedule\] trained_betas\[2\] must be a finite number"):
+        ExperimentConfig.from_dict({"name": "x", "schedule": table})
+    table["trained_betas"][2] = 0.3
+    schedule = ExperimentConfig.from_dict({"name": "x", "schedule": table}).schedule
+    assert schedule.trained_betas == (0.1, 0.2, 0.3) and hash(schedule)  # a tuple: configs stay hashable
+    np.testing.assert_allclose(discrete_alphas_cumprod(schedule), [0.9, 0.72, 0.504])  # prod(1 - beta)
+
+
 @pytest.mark.parametrize("spacing", ["linspace", "trailing"])
 def test_ddim_inversion_undoes_stride_steps(spacing):
     """DDIM inversion on a stride schedule undoes its sampling: for data N(0, s^2 I) the denoiser is
