@@ -46,7 +46,7 @@ def our_x0(model, x_T, steps, clip, name="ddim", noise=None):
 
 
 FAST = [("leading", 1, "epsilon", 10), ("trailing", 0, "v_prediction", 10), ("leading", 0, "sample", 10),
-        ("linspace", 0, "epsilon", 10)]
+        ("linspace", 0, "epsilon", 10), ("trailing", 0, "epsilon", 7)]  # 7 steps: T // S is not T / S
 EVERY = [(sp, off, pred, steps) for sp, off in (("leading", 1), ("leading", 0), ("trailing", 0), ("linspace", 0))
          for pred in ("epsilon", "v_prediction", "sample") for steps in (10, 50)]
 
