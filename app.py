@@ -31,7 +31,7 @@ page = st.navigation([
     st.Page("app_pages/geometry.py", title="Geometry", icon=":material/insights:"),
     st.Page("app_pages/inversion.py", title="Inversion", icon=":material/undo:"),
     st.Page("app_pages/timeline.py", title="Timeline", icon=":material/movie:"),
-])
+], expanded=True)  # every page listed: collapsed, Streamlit would hide the last ones behind "View more"
 st.title("diffusion-explorer" if page.title == "Home" else page.title)
 
 # Only now the heavy part: torch and the core (explorer_ui's __init__ sets torch's thread policy first).

@@ -15,6 +15,13 @@ PAGES = [  # (page file, title, what it is for)
                                                     "photos (DDIM inversion)"),
     ("app_pages/compare.py", "Compare", "checkpoints side by side from the same seeds; a step sweep"),
     ("app_pages/live.py", "Live", "watch the sampler work, step by step, with a Stop button"),
+    ("app_pages/xy_grid.py", "XY grid", "images over any two of checkpoint, sampler, steps, eta and seed"),
+    ("app_pages/branch.py", "Branch", "one trajectory continued from step k with other samplers, eta or noise"),
+    ("app_pages/neighbourhood.py", "Neighbourhood", "variations of a seed and a looping walk through noise space"),
+    ("app_pages/edit.py", "Edit", "SDEdit of an uploaded image, or redraw only a rectangle of it"),
+    ("app_pages/geometry.py", "Geometry", "several seeds' denoising paths projected to 2-D"),
+    ("app_pages/inversion.py", "Inversion", "DDIM inversion and its reconstruction error at several step counts"),
+    ("app_pages/timeline.py", "Timeline", "a training run's sample grids scrubbed epoch by epoch, as a GIF"),
 ]
 
 st.markdown("Look inside image diffusion models trained on bedroom scenes: sample them with DDPM, DDIM or "

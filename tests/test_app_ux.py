@@ -237,7 +237,8 @@ def test_home_page_comes_first_with_the_best_models_grid(monkeypatch, tmp_path, 
     assert "FID 42.0, 2.50 times the real-vs-real floor" in at.image[0].proto.imgs[0].caption
     links = [link.proto.page for link in at.get("page_link")]
     assert [Path(p).stem for p in links] == ["experiments", "sample", "trajectory", "interpolation", "compare",
-                                             "live"]
+                                             "live", "xy_grid", "branch", "neighbourhood", "edit", "geometry",
+                                             "inversion", "timeline"]  # every page, in the sidebar's order
 
     at.switch_page("app_pages/experiments.py").run()
     clean(at)

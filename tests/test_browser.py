@@ -1,6 +1,8 @@
 """End to end in a real browser: ``streamlit run app.py`` on tiny checkpoints, driven by
-Chromium through Playwright. Visits every page, changes a seed and a step slider, checks that
-images render and that no exception box appears; screenshots go to test-artifacts/screenshots/.
+Chromium through Playwright. Visits every page, changes a seed and a step slider, opens the
+address a page shows in a fresh session (the same settings, the same grid), starts long actions
+on Sample and Compare and stops them (progress bar, time left, Stop, then Generate again), checks
+that images render and that no exception box appears; screenshots go to test-artifacts/screenshots/.
 
 Needs ``pip install playwright`` and a Chromium at /usr/bin/chromium (``apt-get install -y
 chromium``; Playwright's own browser download is not used). Skipped, with the reason, without them.
@@ -131,15 +133,36 @@ def go(page, title: str) -> None:
     """Open a page through the sidebar navigation (same session, so sidebar settings persist; the
     shared settings follow in the query string)."""
     base = "/".join(page.url.split("/")[:3])  # http://127.0.0.1:PORT
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    # the link whose label is exactly the title: an icon renders as text too (Trajectory's is "timeline")
+    page.locator('[data-testid="stSidebarNav"] a').filter(has=page.get_by_text(title, exact=True)).click()
     path = "/" if title == "Home" else f"/{title.lower().replace(' ', '_')}"
     page.wait_for_url(re.compile(re.escape(base + path) + r"(\?.*)?$"))
 
 
 def number(page, label: str, value: int) -> None:
-    box = page.get_by_label(label, exact=True)
+    """Type into the first number box of this label (Compare's step sweep has a second "Images")."""
+    box = page.get_by_label(label, exact=True).first
     box.fill(str(value))
     box.press("Enter")
+
+
+def stop_long_action(page, what: str, shot: str) -> None:
+    """A long action waits for its Generate button; started, it shows a progress bar with the time
+    left and a Stop button; Stop ends it, and the page says so and offers Generate again."""
+    settle(page)
+    page.get_by_text("press Generate to start").wait_for()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator('[data-testid="stProgress"]').wait_for()
+    page.get_by_text(re.compile(rf"^{what}: \d+%, about .+ left$")).wait_for()
+    page.screenshot(path=str(SHOTS / f"{shot}_running.png"), full_page=True)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text(re.compile(r"^Stopped\. This takes about .+ press Generate to start\.$")).wait_for()
+    settle(page)
+    page.screenshot(path=str(SHOTS / f"{shot}_stopped.png"), full_page=True)
+    assert page.locator('[data-testid="stProgress"]').count() == 0, shot
+    assert page.get_by_role("button", name="Stop", exact=True).count() == 0, shot
+    assert page.get_by_role("button", name="Generate", exact=True).is_visible(), shot
+    assert page.locator('[data-testid="stException"]').count() == 0, shot
 
 
 TITLES = ["Home", "Experiments", "Sample", "Trajectory", "Interpolation", "Compare", "Live", "XY grid", "Branch",
@@ -163,6 +186,7 @@ def test_every_page_in_a_browser(server, browser_page):
     check(page, "00_home", min_images=0)  # the tiny checkpoints ship no sample grid
     # the page list only ever showed the pages' titles (never Streamlit's list of file names)
     assert sorted(page.evaluate("[...window.navSeen]")) == sorted(TITLES)
+    assert page.locator('[data-testid="stSidebarNavViewButton"]').count() == 0  # no page hidden behind "View more"
     go(page, "Experiments")
     page.wait_for_selector('[data-testid="stDataFrame"]')
     settle(page)
@@ -176,6 +200,33 @@ def test_every_page_in_a_browser(server, browser_page):
     number(page, "First seed", 5)
     after = check(page, "03_sample_seed5")
     assert after[0][0] != before[0][0], "changing the seed must change the grid"
+    page.get_by_text("tiny_a: 4 images of 16x16, seeds 5-8").wait_for()
+
+    # the address carries the shared settings: opened in a fresh session, it shows the same grid
+    link = page.url
+    assert re.search(r"[?&]checkpoint=tiny_a(&|$)", link) and re.search(r"[?&]seed=5(&|$)", link), link
+    fresh = page.context.browser.new_context(viewport={"width": 1400, "height": 1600})
+    try:
+        other = fresh.new_page()
+        other.set_default_timeout(30_000)
+        other.goto(link)
+        check(other, "03a_sample_from_link")
+        assert other.get_by_label("First seed", exact=True).input_value() == "5"
+        other.get_by_text("tiny_a: 4 images of 16x16, seeds 5-8").wait_for()
+        shot = '[data-testid="stMain"] img'
+        assert other.locator(shot).first.screenshot() == page.locator(shot).first.screenshot()  # the same grid
+    finally:
+        fresh.close()
+
+    # a long grid: progress, time left and Stop
+    number(page, "Images", 64)  # then 64 x 1000 image-steps: tens of seconds on a CPU
+    settle(page, 1)
+    number(page, "Sampling steps", 1000)
+    stop_long_action(page, "Sampling", "03b_sample_long")
+    number(page, "Sampling steps", 20)
+    number(page, "Images", 4)
+    check(page, "03c_sample_again")
+    page.get_by_text("tiny_a: 4 images of 16x16, seeds 5-8, ddim 20 steps").wait_for()
 
     go(page, "Trajectory")
     check(page, "04_trajectory", min_images=2)
@@ -202,6 +253,10 @@ def test_every_page_in_a_browser(server, browser_page):
 
     go(page, "Compare")
     check(page, "07_compare", min_images=3)
+    number(page, "Images", 32)  # 2 x 32 x 1000 image-steps (at 20 steps it may run or wait: the speed is measured)
+    settle(page)
+    number(page, "Sampling steps", 1000)
+    stop_long_action(page, "Comparing", "07_compare_long")
 
     # the views: each shows its pictures with the defaults (Edit once an image is uploaded)
     for title, shot, count in [("XY grid", "07a_xy_grid", 1), ("Branch", "07b_branch", 3),
