@@ -186,11 +186,11 @@ def nearest_training_images(ref: ModelRef, data: neighbours.TrainingData, weight
     return neighbours.nearest(sample, images, feats, extractor, k, threshold)
 
 
-def live_steps(request: GridRequest) -> Iterator[StepState]:
+def live_steps(request: GridRequest, job: compute.Job | None = None) -> Iterator[StepState]:
     """The steps of the request's sampler, each computed under the device's inference lock (Live
-    page: several viewers interleave step by step)."""
+    page: several viewers interleave step by step), for ``job`` (which may end them)."""
     model = get_model(request.model)
-    return _drive(request.model, model, None)(G.step_states(model, list(request.seeds), request.sampler))
+    return _drive(request.model, model, job)(G.step_states(model, list(request.seeds), request.sampler))
 
 
 def log_stamps(path: Path) -> tuple:
