@@ -38,7 +38,7 @@ from diffusion_core.guidance import guidance
 from diffusion_core.images import gif_bytes, make_grid
 from diffusion_core.samplers import SamplerConfig, StepState
 
-from . import catalog, compute, neighbours, plans
+from . import catalog, compute, neighbours, plans, timeline
 from .requests import GridRequest, InterpolationRequest, InversionRequest, ModelRef, TrajectoryRequest
 
 MISSES: Counter[str] = Counter()
@@ -64,6 +64,11 @@ def scan_folder(folder: str, stamp: tuple) -> list[catalog.Entry]:
 @st.cache_data(max_entries=64, show_spinner=False)
 def read_log(path: str, stamps: tuple) -> dict[str, list[float]]:
     return catalog.read_log(path)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def read_noise_loss(path: str, stamps: tuple) -> dict | None:
+    return timeline.noise_loss(path)
 
 
 def _drive(ref: ModelRef, model: LoadedModel, job: compute.Job | None, calls_per_step: float = 1):
