@@ -77,14 +77,15 @@ def rates_chart(signal: np.ndarray, noise: np.ndarray, current: int) -> go.Figur
 
 def noise_loss_chart(columns: dict[str, Any]) -> go.Figure:
     """Training loss by noise level over training (``timeline.noise_loss``): one line per bin of
-    the noise variance, low noise (fine detail) to pure noise (global layout)."""
+    the noise variance sigma^2 = 1 - abar, low noise (fine detail) to pure noise (global layout)."""
     fig = go.Figure()
     edges = columns["edges"]
     for b, means in enumerate(columns["means"]):
-        fig.add_scatter(name=f"noise variance {edges[b]:.1f}-{edges[b + 1]:.1f}", x=columns["x"], y=means,
+        fig.add_scatter(name=f"σ² {edges[b]:.1f}-{edges[b + 1]:.1f}", x=columns["x"], y=means,
                         mode="lines", connectgaps=False)
     fig.update_yaxes(type="log")
-    return _layout(fig, "Training loss by noise level", columns["x_title"], "loss (log scale)")
+    return _layout(fig, "Training loss by noise level (noise variance σ² = 1 - ᾱ)", columns["x_title"],
+                   "loss (log scale)")
 
 
 def fid_over_training_chart(series: dict[str, list[tuple[float, float, int]]]) -> go.Figure | None:

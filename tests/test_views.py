@@ -296,5 +296,5 @@ def test_timeline_shows_loss_by_noise_level_and_fid_over_evaluated_snapshots(mon
     clean(at)
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [c["layout"]["title"]["text"] for c in charts]
-    assert titles == ["Training loss", "Training loss by noise level", "FID over training (lower is better)"]
+    assert titles == ["Training loss", "Training loss by noise level (noise variance σ² = 1 - ᾱ)", "FID over training (lower is better)"]
     assert [d["y"] for d in charts[2]["data"]] == [[80.0, 30.0], [25.0]]
