@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import streamlit as st
+import torch
 
 from diffusion_core import generate as G
 from diffusion_core.images import make_grid, png_bytes
@@ -38,7 +39,6 @@ class Run:
     request: GridRequest
     steps: Iterator[StepState]  # the sampler's remaining steps, each under the device's lock
     seconds: float = 0.0  # compute time so far (ticks only, not the pauses between them)
-    step: int = 0  # steps done
 
 
 entries = widgets.usable_or_stop()
@@ -89,19 +89,18 @@ def end(run: Run | None) -> None:
 
 
 def advance(run: Run) -> dict | None:
-    """Compute the run's next steps for about ``plans.LIVE_SLICE_SECONDS``; the newest frame (None
-    when the sampler has no step left)."""
-    cols, shown, t0 = math.ceil(math.sqrt(len(run.request.seeds))), None, time.perf_counter()
-    while shown is None or time.perf_counter() - t0 < plans.LIVE_SLICE_SECONDS:
-        state = next(run.steps, None)
-        if state is None:
+    """Compute the run's next steps for about ``plans.LIVE_SLICE_SECONDS``; the newest one's frame
+    (None when the sampler has no step left)."""
+    state, t0 = None, time.perf_counter()
+    while state is None or time.perf_counter() - t0 < plans.LIVE_SLICE_SECONDS:
+        newest = next(run.steps, None)
+        if newest is None:
             break
-        run.step = state.index + 1
-        shown = frame(state, cols, run.seconds + time.perf_counter() - t0)
-        if run.step == state.num_steps:
+        state = newest
+        if state.index + 1 == state.num_steps:
             break
     run.seconds += time.perf_counter() - t0
-    return shown
+    return None if state is None else frame(state, math.ceil(math.sqrt(len(run.request.seeds))), run.seconds)
 
 
 def advance_or_error(run: Run) -> dict | None:
@@ -113,6 +112,9 @@ def advance_or_error(run: Run) -> dict | None:
         pass
     except ValueError as e:
         st.session_state["live_error"] = f"Live sampling: {e}"
+    except (MemoryError, torch.OutOfMemoryError):
+        log.warning("Live sampling ran out of memory")
+        st.session_state["live_error"] = "Live sampling ran out of memory: choose fewer images or a smaller model."
     except Exception as e:  # noqa: BLE001  (the UI must survive; the log keeps the details)
         log.error("Live sampling failed:\n%s", traceback.format_exc())
         st.session_state["live_error"] = (f"Live sampling failed unexpectedly ({type(e).__name__}). "

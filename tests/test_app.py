@@ -402,6 +402,9 @@ def test_compare_side_by_side_and_step_sweep(monkeypatch, folder, media):
 
 
 def test_live_runs_stops_and_restarts(monkeypatch, folder, media):
+    from explorer_ui import plans
+
+    monkeypatch.setattr(plans, "LIVE_SLICE_SECONDS", 600.0)  # the whole run in the first tick, however busy the machine
     at = open_app(monkeypatch, folder, "live")
     clean(at)
     steps = at.number_input(key="live_steps").value
