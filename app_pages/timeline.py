@@ -1,4 +1,5 @@
-"""Timeline: a training run's fixed-seed sample grids, scrubbed epoch by epoch, beside its loss."""
+"""Timeline: a training run's fixed-seed sample grids, scrubbed epoch by epoch, beside its loss, its
+loss by noise level and the FID of its evaluated snapshots."""
 
 import streamlit as st
 
@@ -30,3 +31,13 @@ with right, widgets.guard("Timeline"):
         loss = charts.loss_chart({entry.label: log})
         if loss is not None:
             st.plotly_chart(loss, key="timeline_loss")
+        by_noise = cache.read_noise_loss(str(entry.log_path), cache.log_stamps(entry.log_path))
+        if by_noise is not None:
+            st.plotly_chart(charts.noise_loss_chart(by_noise), key="timeline_noise_loss")
+        else:
+            st.caption("This run's log has no loss by noise level (logs written by earlier versions of the trainer).")
+    snapshots = [e.description for e in widgets.checkpoints()[0]
+                 if e.description is not None and e.path.parent == entry.path.parent]
+    fid = charts.fid_over_training_chart(timeline.fid_over_snapshots(snapshots))
+    if fid is not None:
+        st.plotly_chart(fid, key="timeline_fid")

@@ -10,7 +10,8 @@ Output folder ``out/``:
     state-STEP.safetensors          everything to resume (model, EMA, optimizer) at step STEP
     state.json                      the resume manifest, written last: step, wall time, and the
                                     name and SHA-256 of the tensors file it goes with
-    log.jsonl                       one JSON object per logged step (cut back to the resumed step)
+    log.jsonl                       one JSON object per logged step (cut back to the resumed step),
+                                    with the window's loss by noise level (``loss_by_noise``)
     samples/epoch_NNNN.png          sample grids (EMA weights, DDIM)
 """
 
@@ -40,6 +41,7 @@ from .networks import build_network
 from .samplers import SamplerConfig, sample, sample_steps, seed_noise
 
 CALIBRATION_BATCHES = 32  # batches that re-estimate the EMA network's BatchNorm statistics
+NOISE_BUCKETS = 5  # the log's loss by noise level: equal-width bins of the noise variance 1 - abar in [0, 1]
 
 STATE_FORMAT = "diffusion-explorer-train-state/1"
 
@@ -150,6 +152,8 @@ class Trainer:
         self.step = 0
         self.wall_time = 0.0
         self.last_loss = float("nan")
+        # this log window's per-image losses summed by noise level, and their counts (noise_buckets)
+        self._bucket_sums = self._bucket_counts = torch.zeros(NOISE_BUCKETS, device=self.device)
         self.steps_per_epoch = max(1, self.items_per_epoch // t.batch_size)  # drop the ragged batch
         self.total_steps = self.steps_per_epoch * t.epochs
         self._order_epoch, self._order = -1, None
@@ -182,7 +186,8 @@ class Trainer:
                  noise: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """The deterministic part of a step, a function of the draws alone (what ``torch.compile``
         compiles as one graph for one process): augmented images in network units, x_t (Ho et al.
-        2020, Eq. 4), the network's output under bf16 autocast on CUDA, and the loss on eps or v."""
+        2020, Eq. 4), the network's output under bf16 autocast on CUDA, and the loss on eps or v of
+        each image [B] (the step's loss is their mean: every image has as many elements)."""
         x0 = pixels_to_model(images, *self._pixel_stats)
         if flip is not None:
             x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
@@ -194,8 +199,8 @@ class Trainer:
             out = self.forward(x_t, noise**2).float()
         target = eps if self.exp.train.prediction == "eps" else D.v_from_eps_x0(eps, x0, s, n)
         if self.exp.train.loss == "l1":
-            return F.l1_loss(out, target)
-        return F.mse_loss(out, target)
+            return F.l1_loss(out, target, reduction="none").mean((1, 2, 3))  # [B]: one loss per image
+        return F.mse_loss(out, target, reduction="none").mean((1, 2, 3))
 
     def _lr(self, step: int) -> float:
         t = self.exp.train
@@ -211,7 +216,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         draws = self._draws(self.step)
         try:
-            loss = self.loss_of(*draws)
+            per_image = self.loss_of(*draws)
+            loss = per_image.mean()
             loss.backward()
         except Exception as e:  # noqa: BLE001 - torch.compile fails lazily, at the first call
             if self.forward is self.eager and self.loss_of == self._loss_of:
@@ -219,13 +225,16 @@ class Trainer:
             print(f"compiled training step failed ({type(e).__name__}: {str(e)[:200]}); training eagerly")
             self.forward, self.loss_of = self.eager, self._loss_of
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_of(*draws)
+            per_image = self.loss_of(*draws)
+            loss = per_image.mean()
             loss.backward()
         if self.exp.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.exp.train.grad_clip)
         self.optimizer.step()
         self._update_ema()
         self.step += 1
+        sums, counts = noise_buckets(per_image.detach(), draws[3] ** 2)  # on the device: no sync
+        self._bucket_sums, self._bucket_counts = self._bucket_sums + sums, self._bucket_counts + counts
         # a copy: with CUDA graphs ("reduce-overhead") the compiled loss lives in a buffer that the
         # next step's replay overwrites, and callers keep losses across steps (run() sums a window)
         return loss.detach().clone()
@@ -284,8 +293,12 @@ class Trainer:
         loss = float(window_loss) / window_n  # one device sync per logged window
         ips = window_n * self.exp.train.batch_size / max(now - window_t, 1e-9)
         self.last_loss = loss
+        counts = self._bucket_counts.tolist()
+        by_noise = [s / c if c else None for s, c in zip(self._bucket_sums.tolist(), counts)]
+        self._bucket_sums = self._bucket_counts = torch.zeros(NOISE_BUCKETS, device=self.device)
         record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "loss": loss,
-                  "images_per_s": round(ips, 1), "lr": self._lr(self.step - 1), "time": time.time()}
+                  "images_per_s": round(ips, 1), "lr": self._lr(self.step - 1), "time": time.time(),
+                  "loss_by_noise": by_noise, "noise_counts": [int(c) for c in counts]}
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -457,6 +470,19 @@ class Trainer:
 
 
 STATE_TENSORS = re.compile(r"state-(\d{8,})\.safetensors")  # the tensors of a training state
+
+
+def noise_buckets(losses: torch.Tensor, noise_var: torch.Tensor,
+                  buckets: int = NOISE_BUCKETS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image losses [B] summed by bucket of their noise variance [B] (1 - abar of q(x_t | x0),
+    Ho et al. 2020, Eq. 4), in ``buckets`` equal-width bins of [0, 1]: (sums [K], counts [K]),
+    float32 on the losses' device. The bucket means, weighted by the counts, average to the mean
+    loss."""
+    index = (noise_var.float() * buckets).long().clamp(0, buckets - 1)  # [B]
+    sums = torch.zeros(buckets, device=losses.device).index_add_(0, index, losses.float())
+    ones = torch.ones_like(losses, dtype=torch.float32)
+    counts = torch.zeros(buckets, device=losses.device).index_add_(0, index, ones)
+    return sums, counts
 
 
 def _state_tensors_name(out: Path, state: dict[str, Any] | None = None) -> str | None:

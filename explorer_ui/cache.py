@@ -38,7 +38,7 @@ from diffusion_core.guidance import guidance
 from diffusion_core.images import gif_bytes, make_grid
 from diffusion_core.samplers import SamplerConfig, StepState
 
-from . import catalog, compute, neighbours, plans
+from . import catalog, compute, neighbours, plans, timeline
 from .requests import GridRequest, InterpolationRequest, InversionRequest, ModelRef, TrajectoryRequest
 
 MISSES: Counter[str] = Counter()
@@ -64,6 +64,11 @@ def scan_folder(folder: str, stamp: tuple) -> list[catalog.Entry]:
 @st.cache_data(max_entries=64, show_spinner=False)
 def read_log(path: str, stamps: tuple) -> dict[str, list[float]]:
     return catalog.read_log(path)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def read_noise_loss(path: str, stamps: tuple) -> dict | None:
+    return timeline.noise_loss(path)
 
 
 def _drive(ref: ModelRef, model: LoadedModel, job: compute.Job | None, calls_per_step: float = 1):
@@ -186,11 +191,11 @@ def nearest_training_images(ref: ModelRef, data: neighbours.TrainingData, weight
     return neighbours.nearest(sample, images, feats, extractor, k, threshold)
 
 
-def live_steps(request: GridRequest) -> Iterator[StepState]:
+def live_steps(request: GridRequest, job: compute.Job | None = None) -> Iterator[StepState]:
     """The steps of the request's sampler, each computed under the device's inference lock (Live
-    page: several viewers interleave step by step)."""
+    page: several viewers interleave step by step), for ``job`` (which may end them)."""
     model = get_model(request.model)
-    return _drive(request.model, model, None)(G.step_states(model, list(request.seeds), request.sampler))
+    return _drive(request.model, model, job)(G.step_states(model, list(request.seeds), request.sampler))
 
 
 def log_stamps(path: Path) -> tuple:

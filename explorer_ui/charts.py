@@ -73,3 +73,26 @@ def rates_chart(signal: np.ndarray, noise: np.ndarray, current: int) -> go.Figur
                     mode="markers", marker=dict(size=11, color="black", symbol="circle-open"), showlegend=False)
     fig.update_yaxes(range=[0, 1.05])
     return _layout(fig, "Rates over the sampling steps", "step", "rate", height=300)
+
+
+def noise_loss_chart(columns: dict[str, Any]) -> go.Figure:
+    """Training loss by noise level over training (``timeline.noise_loss``): one line per bin of
+    the noise variance sigma^2 = 1 - abar, low noise (fine detail) to pure noise (global layout)."""
+    fig = go.Figure()
+    edges = columns["edges"]
+    for b, means in enumerate(columns["means"]):
+        fig.add_scatter(name=f"σ² {edges[b]:.1f}-{edges[b + 1]:.1f}", x=columns["x"], y=means,
+                        mode="lines", connectgaps=False)
+    fig.update_yaxes(type="log")
+    return _layout(fig, "Training loss by noise level (noise variance σ² = 1 - ᾱ)", columns["x_title"],
+                   "loss (log scale)")
+
+
+def fid_over_training_chart(series: dict[str, list[tuple[float, float, int]]]) -> go.Figure | None:
+    """FID of a run's snapshots against epochs completed, one line per evaluation setting."""
+    if not series:
+        return None
+    fig = go.Figure()
+    for label, points in series.items():
+        fig.add_scatter(name=label, x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers")
+    return _layout(fig, "FID over training (lower is better)", "epochs completed", "FID")

@@ -7,6 +7,7 @@ pixel, with what the core computes for the same seeds and settings."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 import sys
@@ -401,6 +402,9 @@ def test_compare_side_by_side_and_step_sweep(monkeypatch, folder, media):
 
 
 def test_live_runs_stops_and_restarts(monkeypatch, folder, media):
+    from explorer_ui import plans
+
+    monkeypatch.setattr(plans, "LIVE_SLICE_SECONDS", 600.0)  # the whole run in the first tick, however busy the machine
     at = open_app(monkeypatch, folder, "live")
     clean(at)
     steps = at.number_input(key="live_steps").value
@@ -418,6 +422,41 @@ def test_live_runs_stops_and_restarts(monkeypatch, folder, media):
     clean(at)
     final = make_grid(G.generate(model, [9, 10, 11, 12], SamplerConfig("ddim", steps)), cols=2)
     assert_shows(pixels(media, at.image[1]), final)
+
+
+def test_live_computes_one_slice_per_tick_and_keeps_the_run_between_ticks(monkeypatch, folder, media):
+    """A slice of no time: each tick of the Live fragment (here each run of the page) computes one
+    step; the run waits in the session between ticks; Stop ends it there and nothing advances."""
+    from explorer_ui import plans
+
+    monkeypatch.setattr(plans, "LIVE_SLICE_SECONDS", 0.0)
+    at = open_app(monkeypatch, folder, "live")
+    clean(at)
+    steps = at.number_input(key="live_steps").value
+    assert steps > 2 and any(f"Running: step 1 of {steps}" in c.value for c in at.caption)
+    at.run()
+    clean(at)
+    assert any(f"Running: step 2 of {steps}" in c.value for c in at.caption)
+    model = load_checkpoint(folder / "tiny_a.json")
+    second = list(itertools.islice(G.step_states(model, [0, 1, 2, 3], SamplerConfig("ddim", steps)), 2))[-1]
+    assert_shows(pixels(media, at.image[1]), make_grid(G.latent_to_pixels(model, second.x_next), cols=2))
+
+    at.button(key="live_stop").click().run()
+    clean(at)
+    assert "live_run" not in at.session_state
+    at.run()
+    assert any(f"Stopped at step 2 of {steps}" in c.value for c in at.caption)
+    assert_shows(pixels(media, at.image[1]), make_grid(G.latent_to_pixels(model, second.x_next), cols=2))
+
+
+def test_live_stops_when_the_visitor_has_left(monkeypatch, folder):
+    from explorer_ui import widgets
+
+    monkeypatch.setattr(widgets, "_visitor_present", lambda: lambda: False)
+    at = open_app(monkeypatch, folder, "live")
+    clean(at)
+    assert "live_run" not in at.session_state and not at.image
+    assert any("Press Start" in c.value for c in at.caption)
 
 
 def test_locked_server_hides_the_folder_input(tmp_path, monkeypatch):

@@ -235,3 +235,30 @@ def test_resumed_optimizer_state_takes_the_parameters_layout():
                                                             "step": torch.tensor(5.0)}, cuda=False)
     opt.step()
     assert opt.state[opt_param]["step"].item() == 6.0
+
+
+def test_noise_buckets_sum_losses_by_equal_width_bins_of_the_noise_variance():
+    from diffusion_core.training import noise_buckets
+
+    losses = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    var = torch.tensor([0.0, 0.19, 0.2, 0.999, 1.0])  # 1.0 belongs to the last bin, not a sixth
+    sums, counts = noise_buckets(losses, var, buckets=5)
+    assert sums.tolist() == [3.0, 3.0, 0.0, 0.0, 14.0] and counts.tolist() == [2.0, 1.0, 0.0, 0.0, 2.0]
+
+
+def test_log_buckets_average_to_the_logged_loss_weighted_by_counts(tmp_path):
+    """Each log record's loss by noise level, weighted by the images of each bucket, is the record's
+    loss (every image of the window in exactly one bucket); empty buckets are null."""
+    from diffusion_core.training import NOISE_BUCKETS
+
+    exp = tiny_experiment(widths=(8, 16), block_depth=1, batch_size=4, epochs=2)
+    trainer = Trainer(exp, random_images(12, 16, seed=6), tmp_path, RunOptions(progress=False, log_every=2))
+    trainer.run()  # 3 steps an epoch, windows of 2 steps cut at each epoch's end: 2, 1, 2, 1 steps
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 3, 5, 6]
+    for record, steps in zip(log, [2, 1, 2, 1]):
+        counts, means = record["noise_counts"], record["loss_by_noise"]
+        assert len(counts) == len(means) == NOISE_BUCKETS and sum(counts) == 4 * steps
+        assert all((m is None) == (c == 0) for m, c in zip(means, counts))
+        weighted = sum(m * c for m, c in zip(means, counts) if c) / sum(counts)
+        assert weighted == pytest.approx(record["loss"], rel=1e-5)

@@ -265,3 +265,36 @@ def test_timeline_scrubs_a_runs_sample_grids(monkeypatch, tmp_path, media):
 
     at = open_app(monkeypatch, tmp_path / "nothing", "timeline")
     assert not at.exception and "No training run with sample grids" in at.info[0].value
+
+
+def test_timeline_shows_loss_by_noise_level_and_fid_over_evaluated_snapshots(monkeypatch, tmp_path):
+    from explorer_ui import timeline
+
+    run = tmp_path / "runs" / "run1"
+    ev = {"sampler": "ddim", "steps": 10, "eta": 0.0, "num_samples": 100}
+    for name, epochs, fids in [("model", 20, [30.0, 25.0]), ("snapshot_e5", 5, [80.0])]:
+        path = make_tiny_checkpoint(run, name, metrics={"evaluations": [
+            dict(ev, fid=fids[0]), *[dict(ev, fid=f, steps=50) for f in fids[1:]]]})
+        desc = json.loads(path.read_text())
+        desc["training"]["epochs_completed"] = epochs
+        path.write_text(json.dumps(desc))
+    (run / "samples").mkdir()
+    Image.fromarray(random_images(1, 16)[0]).save(run / "samples" / "epoch_0005.png")
+    records = [{"step": 2, "epoch": 0.5, "loss": 0.3, "loss_by_noise": [0.1, None, 0.5]},
+               {"step": 4, "epoch": 1.0, "loss": 0.2, "loss_by_noise": [0.05, 0.2, 0.4]}]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "lo')  # cut mid-line
+
+    columns = timeline.noise_loss(run / "log.jsonl")
+    assert columns["x"] == [0.5, 1.0] and columns["x_title"] == "epoch"
+    assert columns["edges"] == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert columns["means"][0] == [0.1, 0.05] and np.isnan(columns["means"][1][0]) and columns["means"][2] == [0.5, 0.4]
+    series = timeline.fid_over_snapshots(json.loads(p.read_text()) for p in sorted(run.glob("*.json")))
+    assert series == {"ddim 10 steps, eta 0.0, N = 100": [(5.0, 80.0, 100), (20.0, 30.0, 100)],
+                      "ddim 50 steps, eta 0.0, N = 100": [(20.0, 25.0, 100)]}
+
+    at = open_app(monkeypatch, tmp_path / "runs", "timeline")
+    clean(at)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [c["layout"]["title"]["text"] for c in charts]
+    assert titles == ["Training loss", "Training loss by noise level (noise variance σ² = 1 - ᾱ)", "FID over training (lower is better)"]
+    assert [d["y"] for d in charts[2]["data"]] == [[80.0, 30.0], [25.0]]
