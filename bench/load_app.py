@@ -345,6 +345,7 @@ def run(sessions: int, timeout: float, threads: int) -> dict:
         raise SystemExit("--sessions must be at least 2 (one leaves, the others compare their images)")
     if not Path(CHROMIUM).is_file():
         raise SystemExit(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set $CHROMIUM)")
+    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine slows the sessions
     torch.set_num_threads(threads)  # the server's thread count: the same arithmetic as its pages
     with tempfile.TemporaryDirectory(prefix="load_app_") as tmp:
         folder = Path(tmp) / "checkpoints"
@@ -388,7 +389,7 @@ def run(sessions: int, timeout: float, threads: int) -> dict:
         "peak_server_rss_mib": round(rss, 1),
         "server_cpu_s": round(cpu, 1),
         "server_threads": threads,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_at_start, "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "streamlit": streamlit.__version__, "chromium": got["chromium"]},
     }
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in result["errors"]:
         print("  " + e)
     print(f"peak server RSS {result['peak_server_rss_mib']} MiB; server CPU {result['server_cpu_s']} s")
-    print(f"long job stopped: {result['long_job_stopped']} (server idle {result["server_idle_after_all_left_s"]} s "
+    print(f"long job stopped: {result['long_job_stopped']} (server idle {result['server_idle_after_all_left_s']} s "
           f"after every session finished or left; alone, idle {result['stop_after_leaving_alone_s']} s after the page closed)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
