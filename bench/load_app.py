@@ -54,7 +54,7 @@ PAGES = ("sample", "trajectory", "interpolation", "live")
 SAMPLER, STEPS = "ddim", 10  # every session's sampler and steps (through the URL's shared settings)
 LONG_IMAGES, LONG_STEPS = 256, 1000  # the job that session 0 starts and leaves
 FRAMES = 6  # the Interpolation page's default frame count
-IDLE_CPU_S = 0.1  # CPU seconds per IDLE_WINDOW_S below which the server counts as idle
+IDLE_CPU_S = 0.05  # CPU seconds per IDLE_WINDOW_S below which the server counts as idle
 IDLE_WINDOW_S = 1.0
 SHOTS: Path | None = None  # --shots: a screenshot of every failed session goes here
 IDLE_SCRIPT = '[data-testid="stApp"][data-test-script-state="notRunning"]'

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,17 @@ def test_concurrent_sessions_get_the_cores_images_and_a_job_left_behind_stops(tm
     assert result["stop_after_leaving_alone_s"] < 5  # the page closed; the server idles within seconds
     assert result["peak_server_rss_mib"] > 0
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_idle_detector_waits_for_a_busy_process_and_not_for_an_idle_one():
+    code = "import time\nend = time.time() + {}\nwhile time.time() < end: pass\ntime.sleep(30)"
+    busy = subprocess.Popen([sys.executable, "-c", code.format(2.5)])
+    try:
+        since = time.time()
+        waited = load_app.wait_idle(busy.pid, since, timeout=20)
+        assert waited is not None and 1.0 < waited < 6  # busy for 2.5 s from its start, then asleep
+        assert load_app.wait_idle(busy.pid, time.time(), timeout=5) < 0.5  # asleep now
+    finally:
+        busy.kill()
+        busy.wait()
