@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -365,6 +366,9 @@ def run(sessions: int, timeout: float, threads: int) -> dict:
         finally:
             server.stop()
         log = server.log()
+    # CPU of every child reaped by now: the server, Playwright's driver and the browser it ran
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    browser_cpu = children.ru_utime + children.ru_stime - cpu
     outcomes: list[Outcome] = got["outcomes"]
     times = [o.seconds for o in outcomes if o.page != "leave" and o.seconds is not None]
     errors = [f"session {o.index} ({o.page}, seed {o.seed}): {e}" for o in outcomes + [got["alone"]] for e in o.errors]
@@ -388,6 +392,7 @@ def run(sessions: int, timeout: float, threads: int) -> dict:
         "stop_after_leaving_alone_s": None if got["stop_s"] is None else round(got["stop_s"], 2),
         "peak_server_rss_mib": round(rss, 1),
         "server_cpu_s": round(cpu, 1),
+        "browser_cpu_s": round(browser_cpu, 1),
         "server_threads": threads,
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_at_start, "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "torch": torch.__version__,
@@ -413,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results identical to the core's: {result['results_identical']}; errors: {len(result['errors'])}")
     for e in result["errors"]:
         print("  " + e)
-    print(f"peak server RSS {result['peak_server_rss_mib']} MiB; server CPU {result['server_cpu_s']} s")
+    print(f"peak server RSS {result['peak_server_rss_mib']} MiB; CPU: server {result['server_cpu_s']} s, "
+          f"browser {result['browser_cpu_s']} s")
     print(f"long job stopped: {result['long_job_stopped']} (server idle {result['server_idle_after_all_left_s']} s "
           f"after every session finished or left; alone, idle {result['stop_after_leaving_alone_s']} s after the page closed)")
     if args.json:
