@@ -3,8 +3,8 @@ in a temporary folder, and N concurrent headless-Chromium sessions (one browser,
 over the Sample, Trajectory, Interpolation and Live pages, each with its own seed.
 
 Session 0 leaves: it asks the Sample page for a long grid (256 images x 1000 DDIM steps, behind
-the page's Generate button), waits until the job has started, and closes its page. Every other
-session waits until its page shows the images that ``diffusion_core.generate`` computes in this
+the page's Generate button) and, once the job has made steps, lets the other sessions start and
+closes its page 5 s later, while they load and compute. Every other session waits until its page shows the images that ``diffusion_core.generate`` computes in this
 process for the same checkpoint, seeds, sampler and steps (compared pixel for pixel with the PNG
 the page shows, after undoing the page's whole-factor upscaling). Then:
 
@@ -54,6 +54,7 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 PAGES = ("sample", "trajectory", "interpolation", "live")
 SAMPLER, STEPS = "ddim", 10  # every session's sampler and steps (through the URL's shared settings)
 LONG_IMAGES, LONG_STEPS = 256, 1000  # the job that session 0 starts and leaves
+LEAVE_AFTER_S = 5.0  # session 0 closes its page this long after its job started and the others began
 FRAMES = 6  # the Interpolation page's default frame count
 IDLE_CPU_S = 0.05  # CPU seconds per IDLE_WINDOW_S below which the server counts as idle
 IDLE_WINDOW_S = 1.0
@@ -202,6 +203,7 @@ class Outcome:
     ok: bool = False
     errors: list[str] = field(default_factory=list)
     closed_at: float | None = None  # the leaver: time.time() when its page closed
+    finished_at: float | None = None  # time.time() when its images were right (or it failed)
 
 
 async def page_errors(page) -> list[str]:
@@ -259,8 +261,9 @@ async def visit(browser, base: str, plan: Plan, expected: list[np.ndarray], time
                 "() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].some("
                 "e => /Sampling: [1-9]\\d*%/.test(e.innerText))")
             outcome.errors += await page_errors(page)
-            if start_gate is not None:
+            if start_gate is not None:  # the others start now; this page stays while they open theirs
                 start_gate.set()
+                await asyncio.sleep(LEAVE_AFTER_S)
             await page.close()
             outcome.closed_at = time.time()
             outcome.ok = not outcome.errors
@@ -290,7 +293,7 @@ async def visit(browser, base: str, plan: Plan, expected: list[np.ndarray], time
     if outcome.errors and SHOTS is not None and not page.is_closed():
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / f"session{plan.index}_{plan.page}.png"), full_page=True)
-    outcome.seconds = time.perf_counter() - t0
+    outcome.seconds, outcome.finished_at = time.perf_counter() - t0, time.time()
     note(f"session {plan.index} ({plan.page}): {'ok' if outcome.ok else 'FAILED'} in {outcome.seconds:.1f} s"
          + "".join(f"; {e}" for e in outcome.errors))
     await context.close()
@@ -313,10 +316,14 @@ async def drive(base: str, plans: list[Plan], expected: dict[int, list[np.ndarra
             await page.get_by_role("heading", name="diffusion-explorer").wait_for(timeout=timeout * 1000)
             await context.close()
 
-            note(f"{len(plans)} sessions start")
-            wall0 = time.perf_counter()
-            outcomes = await asyncio.gather(*(visit(browser, base, plan, expected.get(plan.index, []), timeout, None)
-                                              for plan in plans))
+            note(f"session 0 starts its long job; then {len(plans) - 1} sessions start")
+            wall0, start = time.perf_counter(), time.time()
+            gate = asyncio.Event()
+            leaving = asyncio.create_task(visit(browser, base, plans[0], [], timeout, gate))
+            await gate.wait()
+            others = await asyncio.gather(*(visit(browser, base, plan, expected.get(plan.index, []), timeout, None)
+                                            for plan in plans[1:]))
+            outcomes = [await leaving, *others]
             wall = time.perf_counter() - wall0
             others_done = time.time()
             idle_after_load = await asyncio.to_thread(wait_idle, server.proc.pid, others_done, 60.0)
@@ -329,7 +336,7 @@ async def drive(base: str, plans: list[Plan], expected: dict[int, list[np.ndarra
             version = browser.version
         finally:
             await browser.close()
-    return {"outcomes": outcomes, "alone": alone, "wall": wall, "idle_after_load": idle_after_load,
+    return {"outcomes": outcomes, "alone": alone, "start": start, "wall": wall, "idle_after_load": idle_after_load,
             "stop_s": stop_s, "chromium": version}
 
 
@@ -386,6 +393,9 @@ def run(sessions: int, timeout: float, threads: int) -> dict:
                       "each": {f"{o.index}:{o.page}": round(o.seconds, 2) for o in outcomes if o.seconds is not None}},
         "results_identical": all(o.ok for o in outcomes if o.page != "leave"),
         "errors": errors,
+        "leaver_closed_after_s": None if leaver.closed_at is None else round(leaver.closed_at - got["start"], 2),
+        "sessions_running_when_it_left": sum(o.page != "leave" and leaver.closed_at is not None
+                                             and o.finished_at > leaver.closed_at for o in outcomes),
         "long_job_stopped": leaver.closed_at is not None and got["idle_after_load"] is not None
                             and got["alone"].closed_at is not None and got["stop_s"] is not None,
         "server_idle_after_all_left_s": None if got["idle_after_load"] is None else round(got["idle_after_load"], 2),
@@ -420,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + e)
     print(f"peak server RSS {result['peak_server_rss_mib']} MiB; CPU: server {result['server_cpu_s']} s, "
           f"browser {result['browser_cpu_s']} s")
+    print(f"session 0 left its job after {result['leaver_closed_after_s']} s, while "
+          f"{result['sessions_running_when_it_left']} other sessions were still running")
     print(f"long job stopped: {result['long_job_stopped']} (server idle {result['server_idle_after_all_left_s']} s "
           f"after every session finished or left; alone, idle {result['stop_after_leaving_alone_s']} s after the page closed)")
     if args.json:
