@@ -24,3 +24,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def shared_data() -> Path:
     """The offline data sets (../shared/data beside the checkout, or $DIFFUSION_EXPLORER_DATA)."""
     return Path(os.environ.get("DIFFUSION_EXPLORER_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def no_speed_from_earlier_tests():
+    """The app estimates time from the speed this process measured; a speed left by an earlier
+    test (on a busy machine) would gate a later test's action behind its Generate button. Every
+    test starts from the calibrated constant."""
+    compute = sys.modules.get("explorer_ui.compute")
+    if compute is not None:
+        compute._speed.clear()
+    yield
