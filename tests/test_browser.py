@@ -14,11 +14,7 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,12 +33,6 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A Streamlit server on a free port over two tiny checkpoints; always stopped afterwards."""
@@ -51,38 +41,15 @@ def server(tmp_path_factory):
     make_tiny_checkpoint(folder, "tiny_b", seed=1)
     (folder / "tiny_a.log.jsonl").write_text("".join(
         json.dumps({"step": s, "epoch": s / 10, "loss": 1 / s, "images_per_s": 5.0}) + "\n" for s in range(1, 21)))
-    port = free_port()
-    env = dict(os.environ, DIFFUSION_EXPLORER_CHECKPOINTS=str(folder), DIFFUSION_EXPLORER_THREADS="1")
-    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    from bench.load_app import Server  # the load test's server: one way to start the app on loopback
+
+    srv = Server(folder, tmp_path_factory.mktemp("server") / "streamlit.log", threads=1)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.3)
-        yield url
+        srv.wait_ready(timeout=60)
+        yield srv.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        server_log = log_path.read_text(errors="replace")
+        srv.stop()
+        server_log = srv.log()
         assert "Traceback" not in server_log, server_log[-3000:]
 
 

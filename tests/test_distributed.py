@@ -28,6 +28,12 @@ CASES = {2: ("flip", 4), 3: ("flip_x2", 6)}
 IMAGES, EPOCHS, STOP_AT = 10, 2, 3
 
 
+
+def state_file(run: Path) -> Path:
+    """The training-state tensors file that a run folder's manifest (state.json) names."""
+    return run / json.loads((run / "state.json").read_text())["tensors"]
+
+
 def _experiment(world: int):
     augment, batch = CASES[world]
     return tiny_experiment(epochs=EPOCHS, batch_size=batch).with_overrides(data={"augment": augment})
@@ -83,7 +89,8 @@ def _reference(world: int, out: Path) -> tuple[dict, list[float]]:
                     v.copy_(before[k])
             trainer.rank = rank
             trainer.gen.manual_seed(_step_seed(exp.train.seed, step, rank))
-            loss = trainer._loss_of(*trainer._draws(step))
+            draws = trainer._draws(step)
+            loss = trainer._loss_of(*draws).mean()  # the rank's step loss: the mean of its images' losses
             (loss / world).backward()  # the gradients add up rank by rank: their mean, as DDP's all-reduce
             total += loss.item() / world
             if rank == 0:
@@ -93,7 +100,8 @@ def _reference(world: int, out: Path) -> tuple[dict, list[float]]:
             for k, v in buffers.items():
                 v.copy_(kept[k])
         trainer.rank, trainer.world = 0, 1
-        return torch.tensor(total, requires_grad=True)  # train_step's backward of it changes no gradient
+        # per image, as _loss_of gives it; train_step's backward of their mean changes no gradient
+        return torch.full((len(_draws_of_rank_0[0]),), total, requires_grad=True)
 
     trainer.loss_of = ranks_mean_loss
     while not trainer.finished:
@@ -104,7 +112,7 @@ def _reference(world: int, out: Path) -> tuple[dict, list[float]]:
 @pytest.mark.slow
 def test_ddp_matches_the_one_process_reference(ddp_run, tmp_path):
     world, tmp = ddp_run
-    whole = load_file(str(tmp / "whole" / "state.safetensors"))
+    whole = load_file(str(state_file(tmp / "whole")))
     reference, rank0_losses = _reference(world, tmp_path)
     steps = EPOCHS * (IMAGES * (2 if CASES[world][0] == "flip_x2" else 1) // CASES[world][1])
     assert len(rank0_losses) == steps and whole["optim.0.step"].item() == steps  # the ragged batch is dropped
@@ -119,8 +127,8 @@ def test_ddp_matches_the_one_process_reference(ddp_run, tmp_path):
 @pytest.mark.slow
 def test_ddp_resume_is_bitwise_and_ranks_agree(ddp_run):
     world, tmp = ddp_run
-    whole = load_file(str(tmp / "whole" / "state.safetensors"))
-    resumed = load_file(str(tmp / "stopped" / "state.safetensors"))
+    whole = load_file(str(state_file(tmp / "whole")))
+    resumed = load_file(str(state_file(tmp / "stopped")))
     assert set(whole) == set(resumed)
     for k in whole:  # stopped at step 3, resumed: the uninterrupted run
         if world == 2:  # bit for bit: an all-reduce of two ranks adds a + b whatever the order
@@ -227,7 +235,7 @@ def test_torchrun_with_one_process_is_the_plain_command(tmp_path):
     _cli_inputs(tmp_path)
     _train(tmp_path, [], "plain")
     _train(tmp_path, [*TORCHRUN, "1"], "torchrun")
-    plain, launched = (load_file(str(tmp_path / d / "state.safetensors")) for d in ("plain", "torchrun"))
+    plain, launched = (load_file(str(state_file(tmp_path / d))) for d in ("plain", "torchrun"))
     assert set(plain) == set(launched) and len(plain) > 10
     assert all(torch.equal(plain[k], launched[k]) for k in plain)
     plain, launched = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("plain", "torchrun"))
