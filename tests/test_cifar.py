@@ -122,6 +122,8 @@ def test_keep_snapshots_keeps_every_save_and_the_curve_reads_them(tmp_path):
                                      "sampling_time_s": 1.0})
     assert (point["step"], point["epochs"], point["images_seen"]) == (6, 3.0, 48)
     assert point["gpu_minutes"] == round(last["training"]["wall_time_s"] / 60, 2)
+    assert curve.spread(found, 2) == [found[0], found[2]] and curve.spread(found, 1) == [found[2]]
+    assert curve.spread(found, None) == found == curve.spread(found, 9)
     with pytest.raises(ValueError, match="no snapshots; train with --keep-snapshots$"):
         curve.snapshots(tmp_path)
 

@@ -5,7 +5,7 @@ goes to --out after each evaluation (a process stopped early keeps what it measu
 the curve to a description's metrics (``fid_curve``) for scripts/results_table.py.
 
     python3 scripts/gpu/curve.py runs/cifar10 --data DATA --fid-weights W --num-samples 10000 \
-        --config ddim:50:0 --out res/curve_cifar10.json [--record res/g0/checkpoints/cifar10.json]
+        --config ddim:50:0 --points 6 --out res/curve_cifar10.json [--record res/g0/checkpoints/cifar10.json]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sample_features, beside this file
 
+import numpy as np
 import torch
 from sample_features import parse_config
 
@@ -34,6 +35,16 @@ def snapshots(run: Path) -> list[Path]:
     if not found:
         raise ValueError(f"{run / 'snapshots'}: no snapshots; train with --keep-snapshots")
     return found
+
+
+def spread(paths: list[Path], points: int | None) -> list[Path]:
+    """At most ``points`` of the snapshots, evenly spaced in save order, the first and last kept."""
+    if not points or points >= len(paths):
+        return paths
+    if points == 1:
+        return paths[-1:]
+    picks = np.linspace(0, len(paths) - 1, points).round().astype(int)
+    return [paths[i] for i in sorted(set(picks.tolist()))]
 
 
 def curve_point(description: dict, result: dict) -> dict:
@@ -54,17 +65,20 @@ def main() -> None:
     p.add_argument("--fid-weights", required=True)
     p.add_argument("--num-samples", type=int, default=10_000, help="N samples per snapshot (default 10000)")
     p.add_argument("--config", type=parse_config, default=parse_config("ddim:50:0"), help="SAMPLER:STEPS:ETA")
+    p.add_argument("--points", type=int, help="evaluate at most this many snapshots, evenly spaced (default: all)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, required=True, help="the curve, a JSON file")
     p.add_argument("--record", type=Path, help="a description (.json) whose metrics get the curve")
     args = p.parse_args()
     if args.num_samples < 2:
         sys.exit("--num-samples: FID needs at least 2 samples")
+    if args.points is not None and args.points < 1:
+        sys.exit("--points: give at least 1")
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     extractor = load_feature_extractor(args.fid_weights, args.device, batch_size=200)
     points, real = [], None
-    for path in snapshots(args.run):
+    for path in spread(snapshots(args.run), args.points):
         t0 = time.perf_counter()
         model = load_checkpoint(path, args.device)
         size = model.experiment.network.image_size
