@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile mode (implies --compile); default on CUDA: reduce-overhead (CUDA "
                         "graphs, 2x faster at batch 64 on an H100) for one process, default under torchrun")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing state in --out")
+    p.add_argument("--keep-snapshots", action="store_true",
+                   help="keep the model of every save (train.checkpoint_every, the time limit) in OUT/snapshots/")
     p.add_argument("--sync-batchnorm", action="store_true",
                    help="under torchrun on CUDA: BatchNorm statistics over all processes' rows (SyncBatchNorm); "
                         "default: each process normalises its own rows")

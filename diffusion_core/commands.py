@@ -63,7 +63,7 @@ def train(args: argparse.Namespace) -> int:
     compile, compile_mode = compile_settings(device, world, args.compile, args.compile_mode)
     options = RunOptions(device=device, compile=compile, compile_mode=compile_mode, max_steps=args.max_steps,
                          time_limit=args.time_limit, progress=not args.quiet, rank=rank, world_size=world,
-                         sync_batchnorm=args.sync_batchnorm)
+                         sync_batchnorm=args.sync_batchnorm, keep_snapshots=args.keep_snapshots)
     try:
         trainer = Trainer(exp, images.images, args.out, options, dataset)
         if trainer.resume():

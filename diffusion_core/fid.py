@@ -322,13 +322,15 @@ def reference_stats(image_set_images: np.ndarray, name: str, resolution: int, ex
 
 
 def nearest_neighbours(query_feats: np.ndarray, ref_feats: np.ndarray, k: int = 1, exclude_self: bool = False,
-                       chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                       chunk_size: int = 1024, max_chunk_elements: int = 2**24) -> tuple[np.ndarray, np.ndarray]:
     """k nearest reference rows of each query row, Euclidean distance in feature space (float64).
 
     query_feats: [N x D], ref_feats: [M x D] -> (dist [N x k] ascending, idx [N x k] int64).
     ``exclude_self`` (query is ref, same rows) skips the match of row i with itself. Candidates come
-    from ||q||^2 + ||r||^2 - 2 q.r in chunks of ``chunk_size`` queries; the k winners' distances are
-    then recomputed directly, so an exact copy has distance exactly 0.
+    from ||q||^2 + ||r||^2 - 2 q.r in chunks of ``chunk_size`` queries, fewer when a chunk's
+    distance matrix [B x M] would pass ``max_chunk_elements`` (128 MB of float64: at M = 50,000,
+    335 queries a chunk); the k winners' distances are then recomputed directly, so an exact copy
+    has distance exactly 0.
     """
     q, r = np.asarray(query_feats, np.float64), np.asarray(ref_feats, np.float64)
     if q.ndim != 2 or r.ndim != 2 or q.shape[1] != r.shape[1]:
@@ -337,6 +339,7 @@ def nearest_neighbours(query_feats: np.ndarray, ref_feats: np.ndarray, k: int = 
         raise ValueError("exclude_self needs the query and reference sets to be the same rows")
     if not 1 <= k <= len(r) - int(exclude_self):
         raise ValueError(f"k={k} out of range for {len(r)} reference rows")
+    chunk_size = max(1, min(chunk_size, max_chunk_elements // len(r)))
     r_sq = (r * r).sum(axis=1)  # (M,)
     dist, idx = np.empty((len(q), k)), np.empty((len(q), k), np.int64)
     for s in range(0, len(q), chunk_size):

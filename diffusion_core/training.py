@@ -59,6 +59,7 @@ class RunOptions:
     progress: bool = True
     sample_count: int = 16  # images in each sample grid
     sync_batchnorm: bool = False  # under DDP on CUDA: BatchNorm statistics over the whole batch (SyncBatchNorm)
+    keep_snapshots: bool = False  # also keep the model of every save as snapshots/step_STEP (FID against time)
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -391,6 +392,8 @@ class Trainer:
         ema = self.calibrated_ema()
         desc = describe_model(self.exp, self.normalization, ema, self.training_facts())
         save_checkpoint(self.out / "model", ema.state_dict(), desc)
+        if self.opt.keep_snapshots:  # the same model and description, kept under its step
+            save_checkpoint(self.out / "snapshots" / f"step_{self.step:08d}", ema.state_dict(), desc)
         tensors = {f"model.{k}": v for k, v in self.network.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         for i, p in enumerate(self.network.parameters()):
@@ -410,7 +413,7 @@ class Trainer:
         """Before training into the output folder: remove what a killed run left there (temporary
         files, tensors that no manifest names) and cut the loss log back to this run's step, so a
         resumed run logs no step twice."""
-        for folder in (self.out, self.out / "samples"):
+        for folder in (self.out, self.out / "samples", self.out / "snapshots"):
             remove_temporaries(folder)
         remove_unlisted_states(self.out, keep=_state_tensors_name(self.out))
         truncate_log(self.out / "log.jsonl", self.step)

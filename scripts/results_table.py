@@ -1,8 +1,9 @@
 """Print the README's results tables (markdown) from the measured descriptions in results/descriptions/
 and the real-vs-real floors in results/floors.json: the seed table beside ours, the floors and the
-steps table of the best model.
+steps table of the best model; with --cifar, the CIFAR-10 table beside the DDIM paper's column.
 
     python scripts/results_table.py            # from the repository root
+    python scripts/results_table.py --cifar [NAME_OR_DESCRIPTION.json]   # default: cifar10
 """
 
 from __future__ import annotations
@@ -93,7 +94,57 @@ def floor_table(floors: dict) -> str:
             "| FID, half vs half (1,455 vs 1,456) | " + " | ".join(f"{floors[s]['fid']:.2f}" for s in sizes) + " |")
 
 
+# The DDIM paper's CIFAR-10 column (Song et al. 2021, Table 1: FID of 50,000 samples, their model of
+# 35.7M parameters after 800k steps of batch 128): DDIM eta 0 and the DDPM ancestral sampler (sigma-hat)
+# at 1000 steps. Settings the paper does not report stay blank.
+DDIM_PAPER_CIFAR = {("ddim", 10, 0.0): 13.36, ("ddim", 20, 0.0): 6.84, ("ddim", 50, 0.0): 4.67,
+                    ("ddim", 100, 0.0): 4.16, ("ddpm", 1000, 0.0): 3.17}
+CIFAR_ROWS = ([("DDIM, eta 0", "ddim", s, 0.0) for s in (10, 20, 50, 100)]
+              + [("DDIM, eta 1", "ddim", s, 1.0) for s in (10, 20, 50, 100)]
+              + [("DPM-Solver++(2M)", "dpmpp_2m", s, 0.0) for s in (10, 20)]
+              + [("DDPM ancestral", "ddpm", 1000, 0.0)])
+JPEG_NOTE = ("Data: the CIFAR-10 training set re-encoded as JPEG, so these FIDs are close to, not equal to, "
+             "FIDs on the original images; the paper's column is on the original images.")
+
+
+def cifar_table(desc: dict) -> str:
+    """The CIFAR-10 steps table of a measured description beside the DDIM paper's column, then the
+    floor at equal N, near copies, the training budget, the FID-against-time curve (if measured)
+    and the JPEG note. Settings not measured (DDPM 1000 on a continuous schedule) print as -."""
+    lines = ["| sampler | steps | FID (ours) | N | KID (ours) | DDIM paper, FID-50k |", "|---|---|---|---|---|---|"]
+    for label, sampler, steps, eta in CIFAR_ROWS:
+        e = evaluation(desc, sampler, steps, eta)
+        paper = DDIM_PAPER_CIFAR.get((sampler, steps, eta))
+        ours = "- | - | -" if e is None else f"{e['fid']:.2f} | {e['num_samples']:,} | {e['kid']:.4f}"
+        lines.append(f"| {label} | {steps} | {ours} | {'-' if paper is None else paper} |")
+    tr, head = desc["training"], evaluation(desc, "ddim", 50, 0.0)
+    notes = [f"Training: {tr['wall_time_s'] / 60:.1f} GPU-minutes on {tr.get('device', '?')}, "
+             f"{tr['images_seen']:,} images seen, {desc.get('parameters', 0) / 1e6:.2f}M parameters."]
+    if head is not None:
+        eq = head.get("equal_n")
+        if eq:
+            notes.append(f"Equal N (DDIM 50): FID {eq['fid']:.2f} of {eq['num_samples']:,} samples against one half "
+                         f"of the training set, floor {eq['floor_fid']:.2f} (two disjoint halves), ratio "
+                         f"{eq['ratio']:.2f}, over {eq['splits']} splits.")
+        if "near_copy_share" in head:
+            notes.append(f"Near copies (DDIM 50): {100 * head['near_copy_share']:.2f}% of samples.")
+        notes.append(f"FID weights: {head['weights']}.")
+    curve = desc.get("metrics", {}).get("fid_curve") or []
+    if curve:
+        notes.append("FID against training time (" + f"{curve[0]['sampler']} {curve[0]['steps']} steps, "
+                     f"N = {curve[0]['num_samples']:,}): " + ", ".join(
+                         f"{c['gpu_minutes']:.1f} min {c['fid']:.2f}" for c in curve) + ".")
+    return "\n".join(lines + [""] + notes + [JPEG_NOTE])
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--cifar"]:
+        name = sys.argv[2] if len(sys.argv) > 2 else "cifar10"
+        path = Path(name) if name.endswith(".json") else RESULTS / f"{name}.json"
+        if not path.is_file():
+            sys.exit(f"{path}: no measured CIFAR-10 description (scripts/gpu/README.md says how to measure one)")
+        print(cifar_table(json.loads(path.read_text())))
+        return
     floors = json.loads(FLOORS.read_text())["floors"]
     best = sys.argv[1] if len(sys.argv) > 1 else BEST
     print(seed_table(floors), "", floor_table(floors), sep="\n")

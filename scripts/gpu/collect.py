@@ -3,6 +3,11 @@ FID/KID/near-copies with the project's protocol, the real-vs-real floor per reso
 steps table for chosen models, all under --out (scripts/gpu/README.md says where each file goes).
 
 python3 scripts/gpu/collect.py --data DATA --fid-weights W --out DIR [--table NAME ...] [--ship NAME ...]
+    [--table-configs bedrooms|cifar]
+
+The steps table's sampler settings are a preset (``TABLES``); DDPM 1000 steps is measured only for
+models whose schedule has 1000 discrete steps (``table_configs``). The headline setting (DDIM 50,
+eta 0) also gets the near-copy share and FID / floor at equal N.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
@@ -23,9 +29,40 @@ from diffusion_core.evaluation import cached_features, evaluate_model, real_vs_r
 from diffusion_core.fid import load_feature_extractor
 from diffusion_core.files import atomic_write_bytes, write_json
 from diffusion_core.samplers import SamplerConfig
+from diffusion_core.schedules import ScheduleConfig
 
-TABLE = [("ddim", 10, 0.0), ("ddim", 20, 0.0), ("ddim", 50, 0.0), ("ddim", 100, 0.0),
-         ("ddim", 10, 1.0), ("ddim", 20, 1.0), ("ddim", 50, 1.0), ("ddim", 100, 1.0), ("ddpm", 1000, 0.0)]
+DDIM_GRID = [("ddim", s, eta) for eta in (0.0, 1.0) for s in (10, 20, 50, 100)]
+HEADLINE = ("ddim", 50, 0.0)  # the protocol's setting: near copies, equal-N FID, the description's metrics
+
+
+@dataclass(frozen=True)
+class StepsTable:
+    """A steps-table preset (--table-configs)."""
+
+    configs: list[tuple[str, int, float]]  # (sampler, steps, eta), in the order they are measured
+    ddpm_needs_discrete: bool  # DDPM 1000 steps only on a discrete schedule of >= 1000 steps (the paper's)
+
+
+TABLES = {
+    "bedrooms": StepsTable(DDIM_GRID + [("ddpm", 1000, 0.0)], ddpm_needs_discrete=False),
+    # the DDIM paper's CIFAR-10 table (eta 0 and 1 at 10-100 steps, DDPM 1000 steps) and
+    # DPM-Solver++(2M) at 10 and 20 steps; the headline first, so a run stopped early has it
+    "cifar": StepsTable([HEADLINE] + [c for c in DDIM_GRID if c != HEADLINE]
+                        + [("dpmpp_2m", 10, 0.0), ("dpmpp_2m", 20, 0.0), ("ddpm", 1000, 0.0)],
+                        ddpm_needs_discrete=True),
+}
+TABLE = TABLES["bedrooms"].configs
+
+
+def table_configs(preset: str, schedule: ScheduleConfig) -> list[tuple[str, int, float]]:
+    """The preset's sampler settings for a model of ``schedule``: where the preset says so, DDPM
+    1000 steps only on a discrete schedule of at least 1000 steps (the continuous cosine schedule
+    has no such grid)."""
+    if preset not in TABLES:
+        raise ValueError(f"--table-configs: unknown preset {preset!r}; choose one of {', '.join(TABLES)}")
+    table = TABLES[preset]
+    has_grid = schedule.is_discrete and schedule.num_timesteps >= 1000
+    return [c for c in table.configs if c[0] != "ddpm" or has_grid or not table.ddpm_needs_discrete]
 
 
 def main() -> None:
@@ -35,6 +72,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--runs", default="runs")
     p.add_argument("--table", nargs="*", default=[], help="runs that get the full steps table")
+    p.add_argument("--table-configs", default="bedrooms", choices=tuple(TABLES),
+                   help="the steps table's sampler settings (default: bedrooms)")
     p.add_argument("--ship", nargs="*", default=[], help="runs whose fp16 weights are packed")
     p.add_argument("--num-samples", type=int, default=0, help="0: as many as real images")
     p.add_argument("--device", default="cuda")
@@ -72,16 +111,17 @@ def main() -> None:
         size = model.experiment.network.image_size
         real = reference(size)
         n = args.num_samples or len(real)
-        configs = TABLE if name in args.table else [("ddim", 50, 0.0)]
+        schedule = model.experiment.schedule
+        configs = table_configs(args.table_configs, schedule) if name in args.table else [HEADLINE]
         if model.experiment.family == "ddpm" and name not in args.table:
             configs = configs + [("ddpm", 1000, 0.0)]  # the DDPM paper's own sampler too
         evals = []
         for i, (sampler, steps, eta) in enumerate(configs):
             r = evaluate_model(model, real.images, real.name, SamplerConfig(sampler, steps, eta), n, extractor,
-                               ".cache/fid", memorization=(sampler, steps, eta) == ("ddim", 50, 0.0),
+                               ".cache/fid", memorization=(sampler, steps, eta) == HEADLINE,
                                frechet="eigh",  # sqrtm took 34 s per call on a busy GPU host
-                               equal_n_splits=3 if (sampler, steps, eta) in (("ddim", 50, 0.0), ("ddpm", 1000, 0.0)) else 0)
-            record_result(run, r, protocol=(sampler, steps, eta) == ("ddim", 50, 0.0) and n == len(real))
+                               equal_n_splits=3 if (sampler, steps, eta) in (HEADLINE, ("ddpm", 1000, 0.0)) else 0)
+            record_result(run, r, protocol=(sampler, steps, eta) == HEADLINE and n == len(real))
             evals.append(r)
             eq = r.get("equal_n")
             eq_text = f" equal-N {eq['fid']:.2f}/{eq['floor_fid']:.2f}={eq['ratio']:.2f}" if eq else ""
