@@ -35,3 +35,12 @@ def no_speed_from_earlier_tests():
     if compute is not None:
         compute._speed.clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """AppTest leaves the app's script as ``sys.modules["__main__"]``, which processes spawned by a
+    later test (torch.multiprocessing) would then run; the real one is put back after every test."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main

@@ -50,15 +50,6 @@ def one_thread(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def keep_main_module():
-    """AppTest leaves the app's script as ``sys.modules["__main__"]``, which processes spawned by a
-    later test (torch.multiprocessing) would then run; the real one is put back."""
-    main = sys.modules["__main__"]
-    yield
-    sys.modules["__main__"] = main
-
-
-@pytest.fixture(autouse=True)
 def no_results(monkeypatch, tmp_path):
     """The Experiments table lists only the test's checkpoints, not the repo's ``results/descriptions/``
     (``test_catalog_results.py`` covers those rows)."""

@@ -18,7 +18,7 @@ from diffusion_core.data import DataError, load_image_set
 from diffusion_core.samplers import SamplerConfig
 from explorer_ui import neighbours
 from tests.helpers import make_tiny_checkpoint, random_images, tiny_experiment
-from tests.test_app import (assert_shows, clean, keep_main_module, media, one_thread, open_app,  # noqa: F401
+from tests.test_app import (assert_shows, clean, media, one_thread, open_app,  # noqa: F401
                             pixels)
 
 

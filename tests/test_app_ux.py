@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import make_tiny_checkpoint, random_images  # noqa: E402
-from test_app import (ROOT, assert_shows, clean, folder, keep_main_module, media, no_results,  # noqa: E402,F401
+from test_app import (ROOT, assert_shows, clean, folder, media, no_results,  # noqa: E402,F401
                       one_thread, open_app, pixels)
 
 from diffusion_core import generate as G  # noqa: E402

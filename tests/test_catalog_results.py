@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("streamlit")
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import make_tiny_checkpoint  # noqa: E402
-from test_app import clean, keep_main_module, one_thread, open_app  # noqa: E402,F401 (autouse fixtures)
+from test_app import clean, one_thread, open_app  # noqa: E402,F401 (autouse fixtures)
 
 from diffusion_core.checkpoint import FORMAT  # noqa: E402
 from explorer_ui import catalog  # noqa: E402

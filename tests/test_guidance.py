@@ -23,7 +23,7 @@ from diffusion_core.model import PixelNormalization
 from diffusion_core.samplers import REGISTRY, SamplerConfig
 from diffusion_core.unet import UNet
 from tests.helpers import tiny_experiment
-from tests.test_app import keep_main_module, media, one_thread  # noqa: F401  (fixtures of the app tests)
+from tests.test_app import media, one_thread  # noqa: F401  (fixtures of the app tests)
 
 NORM = PixelNormalization((0.45, 0.4, 0.35), (0.25, 0.25, 0.25))
 

@@ -17,7 +17,7 @@ pytest.importorskip("streamlit")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import make_tiny_checkpoint, random_images  # noqa: E402
-from test_app import (assert_shows, clean, folder, keep_main_module, media, no_results, one_thread,  # noqa: E402,F401
+from test_app import (assert_shows, clean, folder, media, no_results, one_thread,  # noqa: E402,F401
                       open_app, pixels)
 
 from diffusion_core import analysis as A  # noqa: E402
