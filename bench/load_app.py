@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -363,7 +363,7 @@ def run(sessions: int, timeout: float, threads: int) -> dict:
         count, _ = P.default_plan(P.gflops_per_image(model.experiment.network), "cpu", threads)
         plans = plans_for(sessions)
         expected = {plan.index: expected_images(plan, model, count) for plan in plans}
-        note(f"expected images computed; starting the server")
+        note("expected images computed; starting the server")
         server = Server(folder, Path(tmp) / "streamlit.log", threads)
         try:
             server.wait_ready()
