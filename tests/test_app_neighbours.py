@@ -96,7 +96,8 @@ def test_local_source_finds_a_moved_data_set_by_name(tmp_path):
     roots = [tmp_path / "shared", tmp_path / "data"]
     roots[1].mkdir()
     (roots[1] / "bedrooms-128.tar").write_bytes(b"")
-    elsewhere = {"training": {"dataset": {"source": "/home/trainer/datasets/bedrooms-128.tar"}}}
+    recorded = tmp_path / "training-machine" / "datasets" / "bedrooms-128.tar"  # not on this machine
+    elsewhere = {"training": {"dataset": {"source": str(recorded)}}}
     assert neighbours.local_source(elsewhere, roots) == str(roots[1] / "bedrooms-128.tar")
     windows = {"training": {"dataset": {"source": "D:\\data\\bedrooms-128.tar"}}}
     assert neighbours.local_source(windows, roots) == str(roots[1] / "bedrooms-128.tar")
