@@ -151,7 +151,8 @@ class Trainer:
         self.levels = D.TrainingNoiseLevels(experiment.schedule, self.device)
         self.gen = torch.Generator(device=self.device)
         self.step = 0
-        self.wall_time = 0.0
+        self.wall_time = 0.0  # seconds of training so far, every call of run() included
+        self._clock: float | None = None  # while run() runs: when wall_time was last brought up to date
         self.last_loss = float("nan")
         # this log window's per-image losses summed by noise level, and their counts (noise_buckets)
         self._bucket_sums = self._bucket_counts = torch.zeros(NOISE_BUCKETS, device=self.device)
@@ -264,6 +265,7 @@ class Trainer:
             self.tidy_output()
         stop = self.total_steps if self.opt.max_steps is None else min(self.total_steps, self.opt.max_steps)
         start_step, started = self.step, time.perf_counter()
+        self._clock = started
         bar = tqdm(total=stop, initial=self.step, disable=not (self.opt.progress and main), unit="step",
                    dynamic_ncols=True)
         window_loss, window_n, window_t = None, 0, time.perf_counter()
@@ -282,7 +284,8 @@ class Trainer:
                 if self.opt.time_limit and self._agree(time.perf_counter() - started > self.opt.time_limit):
                     break
         bar.close()
-        self.wall_time += time.perf_counter() - started
+        self._tick()
+        self._clock = None
         if main:
             self.save()
         self._barrier()
@@ -387,8 +390,17 @@ class Trainer:
         self._calibrated = (self.step, net)
         return net
 
+    def _tick(self) -> None:
+        """Bring ``wall_time`` up to now while run() runs, so that a save in mid-run (a snapshot,
+        the resume state) records the training time so far, not that of the earlier calls only."""
+        if self._clock is not None:
+            now = time.perf_counter()
+            self.wall_time += now - self._clock
+            self._clock = now
+
     def save(self) -> None:
         """Write the (BatchNorm-calibrated) EMA model and the full resume state, atomically."""
+        self._tick()
         ema = self.calibrated_ema()
         desc = describe_model(self.exp, self.normalization, ema, self.training_facts())
         save_checkpoint(self.out / "model", ema.state_dict(), desc)

@@ -113,6 +113,9 @@ def test_keep_snapshots_keeps_every_save_and_the_curve_reads_them(tmp_path):
     assert [p.name for p in found] == ["step_00000002.json", "step_00000004.json", "step_00000006.json"]
     first, last = read_description(found[0]), read_description(found[-1])
     assert first["training"]["steps"] == 2 and last["training"]["images_seen"] == 48
+    # each snapshot records the training time up to its save (the curve's x axis), not 0 until the end
+    times = [read_description(p)["training"]["wall_time_s"] for p in found]
+    assert 0 < times[0] <= times[1] <= times[2] == read_description(tmp_path / "run" / "model.json")["training"]["wall_time_s"]
     final = load_checkpoint(tmp_path / "run" / "model.json")
     kept = load_checkpoint(found[-1])
     for name, value in final.network.state_dict().items():  # the last snapshot is the final model
