@@ -193,6 +193,24 @@ def test_a_stopped_view_ends_at_a_step_caches_nothing_and_waits_for_its_button(m
     assert cache.MISSES[cached] == misses + 2  # computed afresh: the stopped run left nothing in the cache
 
 
+def test_a_stopped_inversion_keeps_its_cached_samples_and_waits_for_invert(monkeypatch, folder):
+    from explorer_ui import cache, widgets
+
+    at = open_app(monkeypatch, folder, "inversion")
+    assert not at.exception and not at.error and at.get("dataframe")
+    misses = dict(cache.MISSES)
+    monkeypatch.setattr(widgets, "_visitor_present", leaves_after_two_steps)
+    at.multiselect(key="inv_steps").set_value([5, 10]).run()  # the samples come from the cache
+    assert [w.value for w in at.warning if "stopped at" in w.value][0].startswith("Inverting stopped at ")
+    assert cache.MISSES["sample"] == misses["sample"] and not at.get("dataframe")
+    monkeypatch.setattr(widgets, "_visitor_present", lambda: (lambda: True))
+    at.run()
+    assert any("press Invert to start" in i.value for i in at.info) and not at.get("dataframe")
+    at.button(key="inv_approved_go").click().run()
+    assert not at.exception and not at.error and len(at.get("dataframe")[0].value) == 2 * 2
+    assert cache.MISSES["inversion_quality"] == misses["inversion_quality"] + 2
+
+
 def test_budget_refuses_with_the_estimate_and_the_limit(monkeypatch, folder):
     monkeypatch.setenv(compute.MAX_GFLOP_ENV, "0.1")
     at = open_app(monkeypatch, folder, "sample")
