@@ -53,7 +53,8 @@ with left:
 
 with right, widgets.guard("Branching"):
     if widgets.ready("branch_approved", request, [choice.model], request.evaluations):
-        pics = view_cache.branch(request)
+        with widgets.running("branch_approved", request, request.evaluations, "Branching") as job:
+            pics = view_cache.branch(request, job)
         names = ["original"] + [f"{i + 1}: {REGISTRY[b.sampler].label}"
                                 f"{f' eta {b.eta:g}' if REGISTRY[b.sampler].uses_eta else ''}, noise {b.noise_seed}"
                                 for i, b in enumerate(request.branches)]

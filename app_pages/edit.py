@@ -59,7 +59,8 @@ with left:
 with right, widgets.guard("Editing"):
     if widgets.ready("edit_approved", request, [choice.model], request.evaluations, "Edit"):
         original = request.image.array()[0]
-        edited = view_cache.edit(request)
+        with widgets.running("edit_approved", request, request.evaluations, "Editing") as job:
+            edited = view_cache.edit(request, job)
         shown = original if region is None else outlined(original, E.rectangle_mask(size, *region))
         a, b = st.columns(2)
         widgets.show(shown, "input" + ("" if region is None else " (red: the region to redraw)"), where=a)
@@ -75,9 +76,11 @@ with right, widgets.guard("Strength sweep"):
                    help="The same edit at every strength: faithfulness on the left, realism on the right."):
         sweep = [view_requests.edit(choice.ref, choice.model, request.image.array()[0], request.sampler, s, seed,
                                     region) for s in SWEEP]
-        if widgets.ready("edit_sweep_approved", tuple(sweep), [choice.model], sum(r.evaluations for r in sweep), "Sweep"):
-            strip = pictures.labelled_grid(np.stack([view_cache.edit(r) for r in sweep])[None],
-                                           [f"strength {s:g}" for s in SWEEP])
+        evaluations = sum(r.evaluations for r in sweep)
+        if widgets.ready("edit_sweep_approved", tuple(sweep), [choice.model], evaluations, "Sweep"):
+            with widgets.running("edit_sweep_approved", tuple(sweep), evaluations, "Sweeping") as job:
+                edits = np.stack([view_cache.edit(r, job) for r in sweep])
+            strip = pictures.labelled_grid(edits[None], [f"strength {s:g}" for s in SWEEP])
             st.image(png_bytes(strip), output_format="PNG", caption=f"seed {seed}, {request.sampler.name}")
             st.download_button("Download sweep PNG", png_bytes(strip), key="edit_sweep_download", on_click="ignore",
                                mime="image/png", file_name=f"{choice.entry.name}_edit_sweep_seed{seed}.png")

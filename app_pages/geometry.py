@@ -30,7 +30,8 @@ with left:
 
 with right, widgets.guard("Trajectory geometry"):
     if widgets.ready("geo_approved", request, [choice.model], request.evaluations):
-        geo = view_cache.geometry(request)
+        with widgets.running("geo_approved", request, request.evaluations, "Recording the trajectories") as job:
+            geo = view_cache.geometry(request, job)
         a, b = st.columns(2)
         a.plotly_chart(view_charts.paths_chart(geo.x_t, geo.seeds, geo.explained_x_t, "x_t, PCA of every step",
                                                final="sample"), key="geo_x_t",

@@ -50,12 +50,14 @@ with right, widgets.guard("Inverting"):
     if source == SOURCES[0]:
         if not widgets.ready("inv_sample_approved", grid, [choice.model], grid.evaluations, "Sample"):
             st.stop()
-        images = cache.sample_images(grid)[0]
+        with widgets.running("inv_sample_approved", grid, grid.evaluations, "Sampling") as job:
+            images = cache.sample_images(grid, job)[0]
     else:
         images = uploaded(uploads, size)
     request = view_requests.inversion_quality(choice.ref, choice.model, images, steps, refinement)
     if widgets.ready("inv_approved", request, [choice.model], request.evaluations, "Invert"):
-        rows, recons = view_cache.inversion_quality(request)
+        with widgets.running("inv_approved", request, request.image_steps, "Inverting") as job:
+            rows, recons = view_cache.inversion_quality(request, job)
         table = pd.DataFrame([{"steps": r.steps, "fixed-point iterations": r.refinement, "MSE": r.mse,
                                "PSNR (dB)": r.psnr, "std of the inverted noise": r.latent_std,
                                "network calls per image": r.evaluations, "seconds": r.seconds} for r in rows])

@@ -32,8 +32,9 @@ with left:
 with right:
     with widgets.guard("Variations"):
         st.subheader("Variations")
-        if widgets.ready("nb_var_approved", variations, [choice.model], variations.evaluations + config.num_steps):
-            own, images = view_cache.variations(variations)
+        if widgets.ready("nb_var_approved", variations, [choice.model], variations.evaluations):
+            with widgets.running("nb_var_approved", variations, variations.evaluations, "Variations") as job:
+                own, images = view_cache.variations(variations, job)
             grid = make_grid(np.concatenate([own[None], images]), cols=min(9, count + 1))
             widgets.show(grid, f"seed {seed} (first), then its variations at {strength * 90:.0f} degrees towards "
                                f"seeds {variations.variation_seeds[0]}-{variations.variation_seeds[-1]}", target=720)
@@ -42,7 +43,8 @@ with right:
     with widgets.guard("Circular walk"):
         st.subheader("Circular walk")
         if widgets.ready("nb_walk_approved", walk, [choice.model], walk.evaluations, "Walk"):
-            strip = view_cache.walk(walk)
+            with widgets.running("nb_walk_approved", walk, walk.evaluations, "Walking") as job:
+                strip = view_cache.walk(walk, job)
             scale = max(1, 192 // choice.model.experiment.network.image_size)
             a, b = st.columns([1, 2])
             a.image(cache.gif(strip, scale), caption=f"{frames} frames, looping")

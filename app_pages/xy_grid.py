@@ -46,7 +46,8 @@ with left:
 with right, widgets.guard("XY grid"):
     gflop = sum(widgets.cost([loaded[label][1]], request.evaluations_of(label)) for label in dict(request.models))
     if widgets.ready_cost("xy_approved", request, gflop):
-        cells, took = view_cache.xy_grid(request)
+        with widgets.running("xy_approved", request, request.evaluations, "Sampling the grid") as job:
+            cells, took = view_cache.xy_grid(request, job)
         grid = pictures.labelled_grid(cells, [V.axis_label(cols.name, v) for v in cols.values],
                                       [V.axis_label(rows.name, v) for v in rows.values])
         st.image(png_bytes(grid), output_format="PNG",

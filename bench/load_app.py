@@ -1,10 +1,10 @@
 """The shared server under load: ``streamlit run app.py`` on loopback over tiny checkpoints made
 in a temporary folder, and N concurrent headless-Chromium sessions (one browser, a context each)
-over the Sample, Trajectory, Interpolation and Live pages, each with its own seed.
+over the Sample, Trajectory, Interpolation, Live and Branch pages, each with its own seed.
 
 Session 0 leaves: it asks the Sample page for a long grid (256 images x 1000 DDIM steps, behind
 the page's Generate button) and, once the job has made steps, lets the other sessions start and
-closes its page 5 s later, while they load and compute. Every other session waits until its page shows the images that ``diffusion_core.generate`` computes in this
+closes its page 5 s later, while they load and compute. Every other session waits until its page shows the images that ``diffusion_core`` computes in this
 process for the same checkpoint, seeds, sampler and steps (compared pixel for pixel with the PNG
 the page shows, after undoing the page's whole-factor upscaling). Then:
 
@@ -51,11 +51,12 @@ if str(ROOT) not in sys.path:
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PAGES = ("sample", "trajectory", "interpolation", "live")
+PAGES = ("sample", "trajectory", "interpolation", "live", "branch")
 SAMPLER, STEPS = "ddim", 10  # every session's sampler and steps (through the URL's shared settings)
 LONG_IMAGES, LONG_STEPS = 256, 1000  # the job that session 0 starts and leaves
 LEAVE_AFTER_S = 5.0  # session 0 closes its page this long after its job started and the others began
 FRAMES = 6  # the Interpolation page's default frame count
+BRANCHES = (("ddpm", 0.0), ("ddim", 1.0))  # the Branch page's default branches (sampler, eta), from its middle step
 IDLE_CPU_S = 0.05  # CPU seconds per IDLE_WINDOW_S below which the server counts as idle
 IDLE_WINDOW_S = 1.0
 SHOTS: Path | None = None  # --shots: a screenshot of every failed session goes here
@@ -164,6 +165,7 @@ def plans_for(sessions: int) -> list[Plan]:
 def expected_images(plan: Plan, model, count: int) -> list[np.ndarray]:
     """The pictures the page must show, from the core (before the page's upscaling)."""
     from diffusion_core import generate as G
+    from diffusion_core import views as V
     from diffusion_core.images import make_grid
     from diffusion_core.samplers import SamplerConfig
 
@@ -178,6 +180,10 @@ def expected_images(plan: Plan, model, count: int) -> list[np.ndarray]:
     if plan.page == "interpolation":
         return [make_grid(G.interpolation_frames(model, [plan.seed, plan.seed + 1], FRAMES, method, config),
                           cols=FRAMES) for method in ("slerp", "lerp")]
+    if plan.page == "branch":  # the original's sample and each branch's (noise seeds seed + 1, seed + 2, ...)
+        branches = [V.Branch(name, eta, plan.seed + i + 1) for i, (name, eta) in enumerate(BRANCHES)]
+        pics = V.branch(model, plan.seed, config, STEPS // 2, branches)
+        return [pics.original[-1], *pics.branches[:, -1]]
     return []
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .checkpoint import LoadedModel
-from .generate import invert, latent_to_pixels, step_states
+from .generate import Drive, driven, invert, latent_to_pixels, step_states
 from .samplers import SamplerConfig
 
 
@@ -64,13 +64,15 @@ class Geometry:
     x_t_frames: np.ndarray  # uint8 [N x S+1 x H x W x 3]: x_t shown as pixels, then the sample
 
 
-def trajectory_geometry(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig) -> Geometry:
-    """Sample ``seeds`` with ``config`` keeping every step; fit one PCA on all x_t (every step of
-    every seed, the samples included) and one on all predicted x0, and project each seed's path."""
+def trajectory_geometry(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
+                        drive: Drive | None = None) -> Geometry:
+    """Sample ``seeds`` with ``config`` keeping every step (through ``drive``); fit one PCA on all
+    x_t (every step of every seed, the samples included) and one on all predicted x0, and project
+    each seed's path."""
     if len(seeds) < 1:
         raise ValueError("give at least one seed")
     xs, x0s, frames, x_t_frames, times, last = [], [], [], [], [], None
-    for state in step_states(model, list(seeds), config, autocast=None):
+    for state in driven(step_states(model, list(seeds), config, autocast=None), drive):
         xs.append(state.x_t.float().cpu().flatten(1).numpy())  # [N x D]
         x0s.append(state.pred_x0.float().cpu().flatten(1).numpy())
         frames.append(model.normalization.to_pixels(state.pred_x0))
@@ -109,9 +111,11 @@ def inversion_evaluations(steps: int, refinement: int) -> int:
 
 
 def inversion_quality(model: LoadedModel, images: np.ndarray, step_counts: Sequence[int],
-                      refinements: Sequence[int] = (0,)) -> tuple[list[InversionRow], np.ndarray]:
+                      refinements: Sequence[int] = (0,), drive: Drive | None = None
+                      ) -> tuple[list[InversionRow], np.ndarray]:
     """For each step count and refinement: DDIM-invert uint8 images [N x S x S x 3] and decode the
-    inverted noise with DDIM (eta 0, the same steps), the round trip of the DDIM paper's Table 2.
+    inverted noise with DDIM (eta 0, the same steps), the round trip of the DDIM paper's Table 2;
+    every step (2 x steps of N images a row: ``generate.invert``) through ``drive``.
     Returns the rows (step counts ascending, then refinements) and the reconstructions, uint8
     [rows x N x S x S x 3]."""
     if not step_counts:
@@ -121,7 +125,7 @@ def inversion_quality(model: LoadedModel, images: np.ndarray, step_counts: Seque
     for steps in sorted(set(int(s) for s in step_counts)):
         for refinement in sorted(set(int(r) for r in refinements)):
             start = time.perf_counter()
-            noise, recon = invert(model, images, steps, refinement)
+            noise, recon = invert(model, images, steps, refinement, drive)
             seconds = time.perf_counter() - start
             mse = float(((recon.astype(np.float64) / 255.0 - target) ** 2).mean())
             rows.append(InversionRow(steps, refinement, mse, float(10 * np.log10(1.0 / max(mse, 1e-12))),

@@ -15,6 +15,7 @@ import torch
 from . import diffusion as D
 from . import runtime
 from .checkpoint import LoadedModel
+from .generate import Drive, driven
 from .samplers import Denoise, NoiseSource, SamplerConfig, check_steps, seed_noise
 from .schedules import ScheduleConfig, time_grid
 from .views import sub_grid
@@ -32,7 +33,7 @@ def start_step(num_steps: int, strength: float) -> int:
 
 def sdedit(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Tensor, config: SamplerConfig, strength: float,
            eps: torch.Tensor, step_noise: NoiseSource | None = None, regenerate: torch.Tensor | None = None,
-           known_noise: NoiseSource | None = None) -> torch.Tensor:
+           known_noise: NoiseSource | None = None, drive: Drive | None = None) -> torch.Tensor:
     """SDEdit of x0 [N x C x H x W]: noise it to the level of grid step k = ``start_step`` with
     ``eps`` (x_k = alpha_k x0 + sigma_k eps, q(x_t | x_0), Ho et al. 2020, eq. 4), then denoise
     with the sampler ``config`` over steps k..S-1 of its grid. Strength 0 returns x0.
@@ -42,6 +43,7 @@ def sdedit(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Tensor, config
     noise from ``known_noise``, so the last step (clean level) keeps x0 there exactly. Each step
     then runs as its own one-step walk (the samplers' generators own their loop), so a multistep
     sampler (DPM-Solver++(2M)) takes first-order steps; DDIM and DDPM are unchanged by this.
+    Every step runs through ``drive``.
     """
     check_steps(config, schedule)
     S = config.num_steps
@@ -54,7 +56,7 @@ def sdedit(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Tensor, config
     abar = float(grid.alphas_cumprod[0])
     x = D.q_sample(x0, math.sqrt(abar), math.sqrt(1.0 - abar), eps.to(x0.device))  # Algorithm 1, line 2
     if regenerate is None:
-        for state in config.spec.steps(denoiser, x, grid, config, step_noise):
+        for state in driven(config.spec.steps(denoiser, x, grid, config, step_noise), drive):
             x = state.x_next
         return x
     if known_noise is None:
@@ -62,7 +64,7 @@ def sdedit(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Tensor, config
     keep = 1.0 - regenerate.to(x0.device, x0.dtype)
     for i in range(grid.num_steps):
         one = grid.steps(i, i + 1)
-        for state in config.spec.steps(denoiser, x, one, config, step_noise):
+        for state in driven(config.spec.steps(denoiser, x, one, config, step_noise), drive):
             x = state.x_next
         abar_next = float(grid.alphas_cumprod[i + 1])
         known = D.q_sample(x0, math.sqrt(abar_next), math.sqrt(1.0 - abar_next), known_noise(tuple(x0.shape[1:])))
@@ -84,10 +86,11 @@ def rectangle_mask(size: int, left: float, top: float, right: float, bottom: flo
 
 
 def edit_image(model: LoadedModel, image: np.ndarray, config: SamplerConfig, strength: float, seed: int,
-               regenerate: np.ndarray | None = None) -> np.ndarray:
+               regenerate: np.ndarray | None = None, drive: Drive | None = None) -> np.ndarray:
     """SDEdit of one uint8 image [S x S x 3] at the model's size S (``sdedit``), with the seed's
     starting noise as eps and its step noise; ``regenerate`` a bool mask [S x S] (True: the model
-    redraws it, the rest is kept). Returns uint8 [S x S x 3]; strength 0 gives the image back."""
+    redraws it, the rest is kept); the steps through ``drive``. Returns uint8 [S x S x 3];
+    strength 0 gives the image back."""
     size = model.experiment.network.image_size
     if image.dtype != np.uint8 or image.shape != (size, size, 3):
         raise ValueError(f"this model edits uint8 {size}x{size} RGB images, got {image.dtype} {image.shape}")
@@ -97,7 +100,7 @@ def edit_image(model: LoadedModel, image: np.ndarray, config: SamplerConfig, str
     mask = None if regenerate is None else torch.from_numpy(regenerate.astype(np.float32))[None, None]
     out = sdedit(runtime.denoiser(model), model.experiment.schedule, x0, config, strength,
                  seed_noise([seed], model.image_shape, model.device), NoiseSource([seed], model.device),
-                 mask, NoiseSource([seed + KNOWN_NOISE_OFFSET], model.device))
+                 mask, NoiseSource([seed + KNOWN_NOISE_OFFSET], model.device), drive)
     return model.normalization.to_pixels(out)[0]
 
 

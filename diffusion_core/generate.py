@@ -26,7 +26,9 @@ COMPILE_MIN_CALLS = 10_000  # ... or, where they cannot run, torch.compile
 Drive = Callable[[Iterator[StepState]], Iterator[StepState]]
 
 
-def _driven(steps: Iterator[StepState], drive: Drive | None) -> Iterator[StepState]:
+def driven(steps: Iterator[StepState], drive: Drive | None) -> Iterator[StepState]:
+    """``steps`` through ``drive`` (as they are when None): every core loop that runs a model goes
+    through here, so a driven run gives the same states, bit for bit, as an undriven one."""
     return steps if drive is None else drive(steps)
 
 
@@ -92,8 +94,8 @@ def generate(model: LoadedModel, seeds: Sequence[int], config: SamplerConfig,
     chunk = _chunk_size(model)
     out = []
     for i in range(0, len(seeds), chunk):
-        x0 = sample(_driven(step_states(model, list(seeds[i:i + chunk]), config, per_image_noise=per_image_noise,
-                                        denoiser=denoiser), drive))
+        x0 = sample(driven(step_states(model, list(seeds[i:i + chunk]), config, per_image_noise=per_image_noise,
+                                       denoiser=denoiser), drive))
         out.append(model.normalization.to_pixels(x0))
     return np.concatenate(out)
 
@@ -120,7 +122,7 @@ def trajectory(model: LoadedModel, seed: int, config: SamplerConfig, guidance: G
     """Every step of one seed's denoising (the steps through ``drive``)."""
     xs, x0s, times, signal, noise = [], [], [], [], []
     state = None
-    for state in _driven(step_states(model, [seed], config, guidance=guidance), drive):
+    for state in driven(step_states(model, [seed], config, guidance=guidance), drive):
         xs.append(latent_to_pixels(model, state.x_t)[0])
         x0s.append(model.normalization.to_pixels(state.pred_x0)[0])
         times.append(state.t)
@@ -151,7 +153,7 @@ def interpolation_frames(model: LoadedModel, seeds: Sequence[int], frames: int, 
     out = []
     for i in range(0, len(path), chunk):
         steps = sample_steps(denoiser, model.experiment.schedule, path[i:i + chunk], config)
-        out.append(model.normalization.to_pixels(sample(_driven(steps, drive))))
+        out.append(model.normalization.to_pixels(sample(driven(steps, drive))))
     return np.concatenate(out)
 
 
@@ -169,7 +171,7 @@ def invert(model: LoadedModel, images: np.ndarray, num_steps: int,
     x0 = model.normalization.to_model(torch.from_numpy(images).permute(0, 3, 1, 2).to(model.device))
     # float32 everywhere: inversion's fixed-point refinement amplifies bf16 error
     denoiser = runtime.denoiser(model, None)
-    x_T = sample(_driven(ddim_invert_steps(denoiser, model.experiment.schedule, x0, num_steps,
-                                           fixed_point_iterations), drive))
-    recon = sample(_driven(sample_steps(denoiser, model.experiment.schedule, x_T, config), drive))
+    x_T = sample(driven(ddim_invert_steps(denoiser, model.experiment.schedule, x0, num_steps,
+                                          fixed_point_iterations), drive))
+    recon = sample(driven(sample_steps(denoiser, model.experiment.schedule, x_T, config), drive))
     return x_T, model.normalization.to_pixels(recon)

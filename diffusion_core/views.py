@@ -3,7 +3,9 @@ trajectory branched at a step, and the neighbourhood of a seed in noise space.
 
 Pure functions over the samplers' step generators (``samplers.py``) and a ``LoadedModel``'s
 denoiser; images come back as uint8 [N x H x W x 3] like ``generate``. Tensors are
-[N x C x H x W]. No streamlit.
+[N x C x H x W]. Every sampler loop runs through the caller's ``drive`` if given (``generate.Drive``:
+the app takes its device lock per step, shows progress and stops a job), with the same results.
+No streamlit.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from PIL import Image
 
 from . import runtime
 from .checkpoint import LoadedModel
-from .generate import generate
+from .generate import Drive, driven, generate
 from .samplers import REGISTRY, Denoise, NoiseSource, SamplerConfig, check_steps, sample, sample_steps, seed_noise
 from .schedules import ScheduleConfig, TimeGrid, time_grid
 from .seeds import parse_seeds
@@ -120,21 +122,39 @@ def check_cells(cells: Sequence[Sequence[Cell]], models: Mapping[str, LoadedMode
             raise ValueError(f"{cell.checkpoint}, {cell.sampler}: {e}") from None
 
 
-def grid_images(cells: Sequence[Sequence[Cell]], models: Mapping[str, LoadedModel]) -> np.ndarray:
+def grid_groups(cells: Sequence[Sequence[Cell]]) -> dict[tuple[str, SamplerConfig], list[int]]:
+    """The cells' flat indices (row by row) by (checkpoint, sampler settings): each group is sampled
+    in one batch, and its cells of the same seed share one image."""
+    groups: dict[tuple[str, SamplerConfig], list[int]] = {}
+    for i, cell in enumerate(c for row in cells for c in row):
+        groups.setdefault((cell.checkpoint, cell.config()), []).append(i)
+    return groups
+
+
+def grid_steps(cells: Sequence[Sequence[Cell]], checkpoint: str | None = None) -> int:
+    """Image-steps that ``grid_images`` runs (of one checkpoint's cells if given): every distinct
+    image's steps once (cells that repeat an image, e.g. an eta-less sampler along an eta axis,
+    cost nothing more)."""
+    flat = [c for row in cells for c in row]
+    return sum(config.num_steps * len({flat[i].seed for i in where})
+               for (name, config), where in grid_groups(cells).items() if checkpoint in (None, name))
+
+
+def grid_images(cells: Sequence[Sequence[Cell]], models: Mapping[str, LoadedModel],
+                drives: Mapping[str, Drive] | None = None) -> np.ndarray:
     """The images of the cells, uint8 [R x C x S x S x 3] with S the largest image size of the
     models (smaller images scaled up, nearest). Cells of the same checkpoint and sampler settings
     are sampled in one batch: an image depends only on its seed and settings (``seed_noise``,
-    ``NoiseSource``), so each cell is the image ``generate`` gives for its seed alone."""
+    ``NoiseSource``), so each cell is the image ``generate`` gives for its seed alone. ``drives``:
+    each checkpoint's drive (by the models' keys)."""
     check_cells(cells, models)
     flat = [c for row in cells for c in row]
-    groups: dict[tuple[str, SamplerConfig], list[int]] = {}
-    for i, cell in enumerate(flat):
-        groups.setdefault((cell.checkpoint, cell.config()), []).append(i)
     size = max(models[c.checkpoint].experiment.network.image_size for c in flat)
     out = np.zeros((len(flat), size, size, 3), np.uint8)
-    for (name, config), where in groups.items():
+    for (name, config), where in grid_groups(cells).items():
         seeds = list(dict.fromkeys(flat[i].seed for i in where))
-        images = dict(zip(seeds, generate(models[name], seeds, config)))
+        drive = None if drives is None else drives[name]
+        images = dict(zip(seeds, generate(models[name], seeds, config, drive=drive)))
         for i in where:
             out[i] = _resize(images[flat[i].seed], size)
     return out.reshape(len(cells), len(cells[0]), size, size, 3)
@@ -191,7 +211,7 @@ def sub_grid(grid: TimeGrid, k: int) -> TimeGrid:
 
 
 def branch_trajectory(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Tensor, original: SamplerConfig,
-                      seed: int, k: int, branches: Sequence[Branch]) -> BranchResult:
+                      seed: int, k: int, branches: Sequence[Branch], drive: Drive | None = None) -> BranchResult:
     """Sample ``x_T`` [1 x C x H x W] with ``original`` (step noise of ``seed``), then, for each
     branch, continue from the original's x_t at step k (the input of step k, 0 <= k < S) on the
     same time grid with the branch's sampler and eta.
@@ -199,7 +219,8 @@ def branch_trajectory(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Te
     A branch's step noise is the stream of its noise seed, drawn from where the original's stood
     at step k (as many draws skipped as the original made before it), so a branch with the
     original's settings and seed reproduces the original exactly, for every sampler. A multistep
-    sampler (DPM-Solver++(2M)) starts its branch afresh, with a first-order step.
+    sampler (DPM-Solver++(2M)) starts its branch afresh, with a first-order step. The original's
+    S steps, then each branch's S - k, run through ``drive``.
     """
     check_steps(original, schedule)
     S = original.num_steps
@@ -208,7 +229,7 @@ def branch_trajectory(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Te
     grid = time_grid(schedule, S)
     noise = _CountingNoise(NoiseSource([seed], x_T.device))
     x_k, draws_before_k, pred = None, 0, []
-    for state in original.spec.steps(denoiser, x_T, grid, original, noise):
+    for state in driven(original.spec.steps(denoiser, x_T, grid, original, noise), drive):
         if state.index == k - 1:
             draws_before_k = noise.draws
         if state.index == k:
@@ -221,7 +242,7 @@ def branch_trajectory(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Te
         stream = NoiseSource([branch.noise_seed], x_T.device)
         for _ in range(draws_before_k):
             stream(tuple(x_T.shape[1:]))
-        states = list(config.spec.steps(denoiser, x_k, sub_grid(grid, k), config, stream))
+        states = list(driven(config.spec.steps(denoiser, x_k, sub_grid(grid, k), config, stream), drive))
         run = BranchRun(tuple(pred[:k]) + tuple(s.pred_x0.float().cpu() for s in states),
                         states[-1].x_next.float().cpu())
         runs.append(run)
@@ -244,13 +265,13 @@ class BranchPictures:
 
 
 def branch(model: LoadedModel, seed: int, original: SamplerConfig, k: int,
-           branches: Sequence[Branch]) -> BranchPictures:
+           branches: Sequence[Branch], drive: Drive | None = None) -> BranchPictures:
     """``branch_trajectory`` from the seed's starting noise on the model (float32 on its device)."""
     if not branches:
         raise ValueError("add at least one branch")
     x_T = seed_noise([seed], model.image_shape, model.device)
     result = branch_trajectory(runtime.denoiser(model), model.experiment.schedule, x_T, original, seed, k,
-                               branches)
+                               branches, drive)
     pixels = model.normalization.to_pixels
 
     def frames(run: BranchRun) -> np.ndarray:
@@ -302,8 +323,9 @@ def circular_walk(z: torch.Tensor, fresh: torch.Tensor, frames: int) -> torch.Te
     return torch.cat([circle_point(z, w, f / frames) for f in range(frames)])
 
 
-def decode(model: LoadedModel, latents: torch.Tensor, config: SamplerConfig) -> np.ndarray:
-    """Sample from given starting noise [N x C x H x W] with a deterministic sampler: uint8 [N x H x W x 3]."""
+def decode(model: LoadedModel, latents: torch.Tensor, config: SamplerConfig, drive: Drive | None = None) -> np.ndarray:
+    """Sample from given starting noise [N x C x H x W] with a deterministic sampler (the steps
+    through ``drive``): uint8 [N x H x W x 3]."""
     if config.stochastic:
         raise ValueError(f"{config.name} with these settings draws noise at every step; choose a deterministic "
                          "sampler (DDIM at eta 0 or DPM-Solver++) so that nearby noise gives nearby images")
@@ -311,12 +333,12 @@ def decode(model: LoadedModel, latents: torch.Tensor, config: SamplerConfig) -> 
     denoiser = runtime.denoiser(model)
     for i in range(0, len(latents), 16):
         steps = sample_steps(denoiser, model.experiment.schedule, latents[i:i + 16].to(model.device), config)
-        out.append(model.normalization.to_pixels(sample(steps)))
+        out.append(model.normalization.to_pixels(sample(driven(steps, drive))))
     return np.concatenate(out)
 
 
 def variations(model: LoadedModel, seed: int, variation_seeds: Sequence[int], strength: float,
-               config: SamplerConfig) -> np.ndarray:
+               config: SamplerConfig, drive: Drive | None = None) -> np.ndarray:
     """Images whose starting noise is the seed's rotated towards each variation seed's noise by
     ``strength`` x 90 degrees (``rotate_noise``): uint8 [V x H x W x 3]."""
     if not 0.0 <= strength <= 1.0:
@@ -326,13 +348,14 @@ def variations(model: LoadedModel, seed: int, variation_seeds: Sequence[int], st
     z = seed_noise([seed], model.image_shape)
     fresh = seed_noise(variation_seeds, model.image_shape)
     latents = rotate_noise(z.expand_as(fresh), fresh, strength * math.pi / 2)
-    return decode(model, latents, config)
+    return decode(model, latents, config, drive)
 
 
-def walk_frames(model: LoadedModel, seed: int, towards: int, frames: int, config: SamplerConfig) -> np.ndarray:
+def walk_frames(model: LoadedModel, seed: int, towards: int, frames: int, config: SamplerConfig,
+                drive: Drive | None = None) -> np.ndarray:
     """The images of a closed circular walk from the seed's noise through the noise of seed
     ``towards`` (made orthogonal) and back: uint8 [F x H x W x 3], a seamless loop."""
     if towards == seed:
         raise ValueError("the walk needs a second seed different from the first")
     z, fresh = seed_noise([seed], model.image_shape), seed_noise([towards], model.image_shape)
-    return decode(model, circular_walk(z, fresh, frames), config)
+    return decode(model, circular_walk(z, fresh, frames), config, drive)

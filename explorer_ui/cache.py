@@ -71,7 +71,7 @@ def read_noise_loss(path: str, stamps: tuple) -> dict | None:
     return timeline.noise_loss(path)
 
 
-def _drive(ref: ModelRef, model: LoadedModel, job: compute.Job | None, calls_per_step: float = 1):
+def drive(ref: ModelRef, model: LoadedModel, job: compute.Job | None, calls_per_step: float = 1):
     """The core's ``drive``: the model's steps one at a time under the device's lock, for ``job``."""
     return compute.driver(ref.device, plans.gflops_per_image(model.experiment.network), job, calls_per_step)
 
@@ -88,7 +88,7 @@ def sample_images(request: GridRequest, _job: compute.Job | None = None) -> tupl
         calls += plans.gflops_per_image(guide.guide.experiment.network) / plans.gflops_per_image(model.experiment.network)
     start = time.perf_counter()
     images = G.generate(model, list(request.seeds), request.sampler, guidance=guide,
-                        drive=_drive(request.model, model, _job, calls))
+                        drive=drive(request.model, model, _job, calls))
     return images, time.perf_counter() - start
 
 
@@ -106,7 +106,7 @@ def trajectory(request: TrajectoryRequest, _job: compute.Job | None = None) -> G
     """Every step of one seed's denoising (computed once, then scrubbed from the cache)."""
     MISSES["trajectory"] += 1
     model = get_model(request.model)
-    return G.trajectory(model, request.seed, request.sampler, drive=_drive(request.model, model, _job))
+    return G.trajectory(model, request.seed, request.sampler, drive=drive(request.model, model, _job))
 
 
 INVERSION_ITERATIONS = 3  # fixed-point refinements per inversion step (G.invert's default)
@@ -126,7 +126,7 @@ def inversion(request: InversionRequest, _job: compute.Job | None = None) -> tup
     MISSES["inversion"] += 1
     model = get_model(request.model)
     noise, recon = G.invert(model, request.images.array(), request.num_steps, INVERSION_ITERATIONS,
-                            drive=_drive(request.model, model, _job, INVERSION_CALLS_PER_STEP))
+                            drive=drive(request.model, model, _job, INVERSION_CALLS_PER_STEP))
     return noise.float().cpu().numpy(), recon
 
 
@@ -138,7 +138,7 @@ def interpolation(request: InterpolationRequest, method: str, _job: compute.Job 
     keys = None if request.start is None else torch.from_numpy(inversion(request.start, _job)[0])
     model = get_model(request.model)
     return G.interpolation_frames(model, list(request.seeds), request.frames, method, request.sampler, keys,
-                                  drive=_drive(request.model, model, _job))
+                                  drive=drive(request.model, model, _job))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -195,7 +195,7 @@ def live_steps(request: GridRequest, job: compute.Job | None = None) -> Iterator
     """The steps of the request's sampler, each computed under the device's inference lock (Live
     page: several viewers interleave step by step), for ``job`` (which may end them)."""
     model = get_model(request.model)
-    return _drive(request.model, model, job)(G.step_states(model, list(request.seeds), request.sampler))
+    return drive(request.model, model, job)(G.step_states(model, list(request.seeds), request.sampler))
 
 
 def log_stamps(path: Path) -> tuple:

@@ -2,7 +2,9 @@
 records validated once, when they are built, like ``requests`` (no streamlit).
 
 A builder raises ``ValueError`` with a message for the user; a record that exists is valid, and
-its ``evaluations`` (images x network calls) feed the time estimate before anything slow runs.
+its ``evaluations`` (images x network calls) feed the time estimate before anything slow runs;
+they are also the image-steps (images x sampler steps) that its progress bar counts, one network
+call a step, except for the inversion's (``image_steps``).
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ class XYGridRequest:
 
     @property
     def evaluations(self) -> int:
-        return sum(c.steps for row in self.cells for c in row)
+        return V.grid_steps(self.cells)
 
     def evaluations_of(self, label: str) -> int:
-        return sum(c.steps for row in self.cells for c in row if c.checkpoint == label)
+        return V.grid_steps(self.cells, label)
 
 
 def xy_grid(loaded: Mapping[str, tuple[ModelRef, LoadedModel]], base: V.Cell, rows: V.Axis,
@@ -105,7 +107,7 @@ class VariationsRequest:
 
     @property
     def evaluations(self) -> int:
-        return len(self.variation_seeds) * self.sampler.num_steps
+        return (1 + len(self.variation_seeds)) * self.sampler.num_steps  # the seed's own image, then its variations
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,11 @@ class InversionQualityRequest:
     def evaluations(self) -> int:
         return self.images.shape[0] * sum(A.inversion_evaluations(s, r) for s in self.step_counts
                                           for r in self.refinements)
+
+    @property
+    def image_steps(self) -> int:
+        """Images x sampler steps: each row inverts in ``steps`` steps, then decodes in as many."""
+        return self.images.shape[0] * len(self.refinements) * sum(2 * s for s in self.step_counts)
 
 
 def inversion_quality(ref: ModelRef, model: LoadedModel, images, step_counts: Sequence[int],

@@ -7,6 +7,7 @@ widget unless the server sends a new one (``set_value`` in the widget's message)
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -160,6 +161,56 @@ def test_a_job_whose_visitor_left_stops_and_waits_for_its_button(monkeypatch, fo
     assert not at.exception and len(at.image) == 1
 
 
+def leaves_after_two_steps():
+    """A visitor who is there for a job's first two steps (as if Stop were pressed during the third)."""
+    checks = itertools.count()
+    return lambda: next(checks) < 2
+
+
+@pytest.mark.parametrize("page,what,cached,button", [
+    ("xy_grid", "Sampling the grid", "xy_grid", "xy_approved_go"),
+    ("branch", "Branching", "branch", "branch_approved_go"),
+    ("neighbourhood", "Variations", "variations", "nb_var_approved_go"),
+    ("geometry", "Recording the trajectories", "geometry", "geo_approved_go")])
+def test_a_stopped_view_ends_at_a_step_caches_nothing_and_waits_for_its_button(monkeypatch, folder, page, what,
+                                                                               cached, button):
+    from explorer_ui import cache, widgets
+
+    monkeypatch.setattr(widgets, "_visitor_present", leaves_after_two_steps)
+    misses = cache.MISSES[cached]
+    at = open_app(monkeypatch, folder, page)
+    assert not at.exception and not at.error and len(at.image) == 0
+    stopped = [w.value for w in at.warning if "stopped at" in w.value]
+    assert len(stopped) == 1 and stopped[0].startswith(f"{what} stopped at ") and not stopped[0].endswith(" 0%.")
+    assert not [b for b in at.button if b.key.endswith("_stop")] and len(at.get("progress")) == 0
+    at.run()  # the next run: the stopped request waits for its button
+    assert len(at.image) == 0 and cache.MISSES[cached] == misses + 1
+    assert any(i.value.startswith("Stopped. This takes about") and "press Generate to start" in i.value
+               for i in at.info)
+    monkeypatch.setattr(widgets, "_visitor_present", lambda: (lambda: True))
+    at.button(key=button).click().run()
+    assert not at.exception and not at.error and len(at.image) >= 1
+    assert cache.MISSES[cached] == misses + 2  # computed afresh: the stopped run left nothing in the cache
+
+
+def test_a_stopped_inversion_keeps_its_cached_samples_and_waits_for_invert(monkeypatch, folder):
+    from explorer_ui import cache, widgets
+
+    at = open_app(monkeypatch, folder, "inversion")
+    assert not at.exception and not at.error and at.get("dataframe")
+    misses = dict(cache.MISSES)
+    monkeypatch.setattr(widgets, "_visitor_present", leaves_after_two_steps)
+    at.multiselect(key="inv_steps").set_value([5, 10]).run()  # the samples come from the cache
+    assert [w.value for w in at.warning if "stopped at" in w.value][0].startswith("Inverting stopped at ")
+    assert cache.MISSES["sample"] == misses["sample"] and not at.get("dataframe")
+    monkeypatch.setattr(widgets, "_visitor_present", lambda: (lambda: True))
+    at.run()
+    assert any("press Invert to start" in i.value for i in at.info) and not at.get("dataframe")
+    at.button(key="inv_approved_go").click().run()
+    assert not at.exception and not at.error and len(at.get("dataframe")[0].value) == 2 * 2
+    assert cache.MISSES["inversion_quality"] == misses["inversion_quality"] + 2
+
+
 def test_budget_refuses_with_the_estimate_and_the_limit(monkeypatch, folder):
     monkeypatch.setenv(compute.MAX_GFLOP_ENV, "0.1")
     at = open_app(monkeypatch, folder, "sample")
@@ -279,6 +330,35 @@ def test_a_second_visitor_waits_one_step_not_a_whole_job(tmp_path):
           f"{long_before:.2f} s), {after * 1000:.1f} ms with the lock per step (long job {long_after:.2f} s)")
     assert before > 0.5 * long_before  # it waited for most of the long job
     assert after < before / 10
+
+
+def test_a_second_visitor_waits_one_step_of_a_view_not_the_whole_view(tmp_path):
+    """The views' caches drive the core step by step as well (``view_cache``): another visitor's
+    first step waits for one step of a long trajectory-geometry job, not for the job."""
+    from explorer_ui import cache, view_cache, view_requests
+    from explorer_ui.requests import ModelRef
+
+    ref = ModelRef(str(make_tiny_checkpoint(tmp_path, "tiny")), (str(tmp_path),), "cpu")
+    model = cache.get_model(ref)
+    request = view_requests.geometry(ref, model, [0, 1, 2, 3], SamplerConfig("ddim", 200))
+    started, times = threading.Event(), {}
+    job = compute.Job(request.evaluations, on_step=lambda job: started.set())
+
+    def long_view() -> None:
+        t0 = time.perf_counter()
+        view_cache.geometry(request, job)
+        times["long"] = time.perf_counter() - t0
+
+    t = threading.Thread(target=long_view)
+    t.start()
+    assert started.wait(30)
+    t0 = time.perf_counter()
+    next(compute.stepwise(G.step_states(model, [9], SamplerConfig("ddim", 20)), "cpu", G16))
+    wait = time.perf_counter() - t0
+    t.join(60)
+    print(f"\nsecond visitor's first step: {wait * 1000:.1f} ms during a view of {times['long']:.2f} s")
+    assert job.done == request.evaluations  # every step of the view went through the lock, one at a time
+    assert wait < times["long"] / 10
 
 
 def test_progress_of_a_computation_is_not_replayed_from_the_cache(monkeypatch, folder):

@@ -1,6 +1,6 @@
 """The shared server under load (``bench/load_app.py``): the real Streamlit server on loopback,
-concurrent Chromium sessions over Sample, Trajectory, Interpolation and Live, one of them leaving
-a long job. Every session's images equal the core's, nothing errs, and the job left behind stops.
+concurrent Chromium sessions over Sample, Trajectory, Interpolation, Live and Branch, one of them
+leaving a long job. Every session's images equal the core's, nothing errs, and the job left behind stops.
 
 The browser run needs ``playwright`` and a Chromium at /usr/bin/chromium (skipped without them)."""
 
@@ -35,9 +35,9 @@ def test_a_picture_matches_only_its_exact_upscaling():
 
 
 def test_sessions_cover_every_page_and_one_leaves():
-    plans = load_app.plans_for(5)
-    assert [p.page for p in plans] == ["leave", "sample", "trajectory", "interpolation", "live"]
-    assert len({p.seed for p in plans}) == 5
+    plans = load_app.plans_for(6)
+    assert [p.page for p in plans] == ["leave", "sample", "trajectory", "interpolation", "live", "branch"]
+    assert len({p.seed for p in plans}) == 6
     assert plans[1].url("http://h") == f"http://h/sample?sampler=ddim&steps={load_app.STEPS}&seed=100"
 
 
@@ -48,11 +48,11 @@ def test_concurrent_sessions_get_the_cores_images_and_a_job_left_behind_stops(tm
         pytest.skip(f"no Chromium at {load_app.CHROMIUM} (apt-get install -y chromium)")
     out = tmp_path / "load.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-m", "bench.load_app", "--sessions", "5", "--timeout", "120",
+    run = subprocess.run([sys.executable, "-m", "bench.load_app", "--sessions", "6", "--timeout", "120",
                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert out.exists(), run.stdout + run.stderr
     result = json.loads(out.read_text())
-    assert result["pages"] == {"leave": 1, "sample": 1, "trajectory": 1, "interpolation": 1, "live": 1}
+    assert result["pages"] == {"leave": 1, "sample": 1, "trajectory": 1, "interpolation": 1, "live": 1, "branch": 1}
     assert result["errors"] == []
     assert result["results_identical"] is True
     assert result["long_job_stopped"] is True

@@ -1,8 +1,10 @@
 """The views' core functions against their definitions: grids over two axes, branched
-trajectories, a seed's neighbourhood in noise space, SDEdit and masked regeneration."""
+trajectories, a seed's neighbourhood in noise space, SDEdit and masked regeneration; and each of
+them driven step by step as the app drives it (``explorer_ui.compute.driver``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -22,6 +24,7 @@ from diffusion_core import views as V  # noqa: E402
 from diffusion_core.checkpoint import load_checkpoint  # noqa: E402
 from diffusion_core.samplers import NoiseSource, SamplerConfig, sample, sample_steps, seed_noise  # noqa: E402
 from diffusion_core.schedules import ScheduleConfig  # noqa: E402
+from explorer_ui import compute  # noqa: E402
 
 COSINE = ScheduleConfig(kind="continuous_cosine")
 LINEAR = ScheduleConfig(kind="linear")
@@ -85,6 +88,14 @@ def test_a_2x2_grid_holds_the_individually_generated_images(models):
     with pytest.raises(ValueError, match="'c' is not among"):
         V.grid_images(V.grid_cells(base, V.Axis("checkpoint", ("c",)), V.Axis("seed", (1,))), models)
 
+
+
+def test_grid_steps_count_each_distinct_image_once():
+    base = V.Cell("a", "ddim", 4, 0.0, 7)
+    cells = V.grid_cells(base, V.Axis("sampler", ("ddim", "dpmpp_2m")), V.Axis("eta", (0.0, 0.5, 1.0)))
+    assert V.grid_steps(cells) == (3 + 1) * 4  # DPM-Solver++ has no eta: its row is one image thrice
+    cells = V.grid_cells(base, V.Axis("checkpoint", ("a", "b")), V.Axis("steps", (2, 5)))
+    assert (V.grid_steps(cells), V.grid_steps(cells, "a"), V.grid_steps(cells, "b")) == (14, 7, 7)
 
 # ----------------------------------------------------------------------------- branching at a step
 @pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.6), ("ddpm", 0.0), ("dpmpp_2m", 0.0)])
@@ -288,3 +299,56 @@ def test_inversion_quality_rows_follow_the_round_trip(models):
     assert [r.evaluations for r in rows] == [4, 8, 8, 16]
     with pytest.raises(ValueError, match="at least one step count"):
         A.inversion_quality(model, images, [])
+
+
+# ---------------------------------------------------------------- driven step by step, as in the app
+def drive_cases(models) -> dict:
+    """Each view's core call as a function of its drive: (call, image-steps it runs, images per step)."""
+    a, ddim = models["a"], SamplerConfig("ddim", 4)
+    image = random_images(1, 16, seed=5)[0]
+    cells = V.grid_cells(V.Cell("a", "ddim", 3, 0.0, 0), V.Axis("checkpoint", ("a", "b")), V.Axis("seed", (0, 1)))
+    branches = [V.Branch("ddim", 0.5, 1), V.Branch("dpmpp_2m")]
+    region = E.rectangle_mask(16, 0.25, 0.25, 0.75, 0.5)
+
+    def inversion(drive):  # the rows without their timings
+        rows, recons = A.inversion_quality(a, random_images(2, 16, seed=6), [2, 3], [0, 1], drive)
+        return [dataclasses.replace(r, seconds=0.0) for r in rows], recons
+
+    return {
+        "grid": (lambda d: V.grid_images(cells, models, None if d is None else {"a": d, "b": d}), 4 * 3, 2),
+        "branch": (lambda d: V.branch(a, 5, SamplerConfig("ddpm", 6), 2, branches, d), 6 + 2 * 4, 1),
+        "variations": (lambda d: V.variations(a, 3, [10, 11, 12], 0.3, ddim, d), 3 * 4, 3),
+        "walk": (lambda d: V.walk_frames(a, 3, 9, 5, ddim, d), 5 * 4, 5),
+        "sdedit": (lambda d: E.edit_image(a, image, SamplerConfig("ddpm", 8), 0.5, 1, drive=d), 4, 1),
+        "inpainting": (lambda d: E.edit_image(a, image, ddim, 0.75, 1, region, d), 3, 1),
+        "geometry": (lambda d: A.trajectory_geometry(a, [0, 1, 2], ddim, d), 3 * 4, 3),
+        "inversion": (inversion, 2 * 2 * (2 + 2 + 3 + 3), 2),  # N x 2 x steps a row: inversion, then decoding
+    }
+
+
+def assert_identical(a, b) -> None:
+    """Equal bit for bit: arrays, tensors and numbers, in lists, tuples and dataclasses."""
+    if dataclasses.is_dataclass(a):
+        for f in dataclasses.fields(a):
+            assert_identical(getattr(a, f.name), getattr(b, f.name))
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_identical(x, y)
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("case", ["grid", "branch", "variations", "walk", "sdedit", "inpainting", "geometry",
+                                  "inversion"])
+def test_a_driven_view_is_the_undriven_one_and_stops_at_a_step(models, case):
+    call, total, per_step = drive_cases(models)[case]
+    job = compute.Job(total)
+    assert_identical(call(compute.driver("cpu", 1.0, job)), call(None))
+    assert job.done == total  # every step went through the drive: the progress bar ends at 100%
+
+    stop_at = 2 * per_step  # the visitor leaves after two steps
+    job = compute.Job(total, alive=lambda: job.done < stop_at)
+    with pytest.raises(compute.Stopped, match="the visitor left"):
+        call(compute.driver("cpu", 1.0, job))
+    assert job.done == stop_at
