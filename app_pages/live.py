@@ -1,16 +1,18 @@
 """Live: the denoising shown as it happens, step by step, with a stop button.
 
 The images live in a fragment that the browser reruns every ``plans.LIVE_TICK_SECONDS`` while a
-run goes on; each tick computes the next steps for about ``plans.LIVE_SLICE_SECONDS`` (at least one
-step) and shows the newest one. Between ticks the script is idle, so the rest of the page and the
-sidebar answer at once. The run itself (its step generator) is kept in the session between ticks.
+run goes on. Each tick first draws the newest frame, then computes the next steps for about
+``plans.LIVE_SLICE_SECONDS`` (at least one step); the run itself (its step generator) and its
+newest frame are kept in the session between ticks. The drawing comes first because a tick lasts
+longer than the tick interval, so the browser's next request is already waiting when a tick ends,
+and Streamlit then starts the fragment again at once, dropping whatever the ending run drew but
+had not yet sent (``AppSession._clear_queue``): drawn before the slice, a frame is sent while the
+slice computes. Start computes the first slice, so the page shows a frame at once.
+
 When the visitor leaves the page or closes it, no tick comes and nothing is computed (a step under
 way ends at its step boundary, ``compute.Job``); Stop, a new Start or changed settings end the
-run, and the page keeps its last frames.
-
-A click elsewhere reruns the whole page while a tick may still be in its slice: the tick ends at
-its next display call, and the new run waits for it (a lock per session), so the tick's images
-cannot replace the new run's at the same place in the page."""
+run, and the page keeps its newest frame. A click elsewhere reruns the whole page, which waits for
+a tick still in its slice (a lock per session), so the two never draw over each other."""
 
 import logging
 import math
@@ -24,7 +26,7 @@ import streamlit as st
 import torch
 
 from diffusion_core import generate as G
-from diffusion_core.images import make_grid, png_bytes
+from diffusion_core.images import make_grid
 from diffusion_core.samplers import StepState
 from explorer_ui import cache, compute, pictures, plans, widgets
 from explorer_ui.requests import GridRequest
@@ -75,10 +77,13 @@ def session_lock() -> threading.Lock:
 
 
 def begin() -> None:
-    """Start a run of this page's request (Start, or the first visit), within the budget."""
+    """Start a run of this page's request (Start, or the first visit), within the budget, and
+    compute its first slice."""
     compute.check_budget(widgets.cost([model], request.evaluations))
     job = compute.Job(max(1, round(request.evaluations)), alive=widgets._visitor_present())
-    st.session_state["live_run"] = Run(request, cache.live_steps(request, job))
+    st.session_state.pop("live_last", None)
+    st.session_state["live_run"] = run = Run(request, cache.live_steps(request, job))
+    step(run)
 
 
 def end(run: Run | None) -> None:
@@ -104,8 +109,8 @@ def advance(run: Run) -> dict | None:
 
 
 def advance_or_error(run: Run) -> dict | None:
-    """``advance``; an error ends the run and is kept in the session to be shown until the next
-    Start (the page's full run that stops the ticks would otherwise wipe an error box)."""
+    """``advance``, or None after an error (kept in the session to be shown until the next Start:
+    the page's full run that stops the ticks would otherwise wipe an error box) or a leave."""
     try:
         return advance(run)
     except compute.Stopped:  # the visitor left during the slice
@@ -119,53 +124,58 @@ def advance_or_error(run: Run) -> dict | None:
         log.error("Live sampling failed:\n%s", traceback.format_exc())
         st.session_state["live_error"] = (f"Live sampling failed unexpectedly ({type(e).__name__}). "
                                           "The details are in the server log.")
-    end(run)
     return None
 
 
-def show(ticking: bool) -> None:
-    """The fragment: advance the session's run by one slice and show its newest frame, or show the
-    last frames kept. ``ticking``: whether the browser reruns it (``plans.LIVE_TICK_SECONDS``)."""
+def step(run: Run) -> None:
+    """Advance the run by one slice and keep its newest frame; end the run when it is done,
+    stopped or failed."""
+    shown = advance_or_error(run)
+    if shown is not None:
+        st.session_state["live_last"] = shown
+    if shown is None or shown["step"] == shown["steps"]:
+        end(run)
+
+
+def draw(shown: dict | None, running: bool) -> None:
+    """The newest frame (``shown``: None before the first), with a progress bar while running.
+    Each drawing is a new PNG (a note numbers it): a picture drawn again must not get the URL
+    of one whose media file the previous run's clean-up may be deleting."""
     progress = st.empty()
     pred_col, xt_col = st.columns(2)
-    pred_slot, xt_slot = pred_col.empty(), xt_col.empty()
     caption = st.empty()
+    if "live_error" in st.session_state:
+        st.error(st.session_state["live_error"])
+    if shown is None:
+        caption.caption("Press Start to watch the sampler work.")
+        return
+    note = f"frame {st.session_state.setdefault('live_draws', 0)}"
+    st.session_state["live_draws"] += 1
+    if running:
+        progress.progress(shown["step"] / shown["steps"], text=f"step {shown['step']} of {shown['steps']}")
+    pred_col.image(pictures.png_with_note(shown["pred"], note), caption=shown["pred_caption"], output_format="PNG")
+    xt_col.image(pictures.png_with_note(shown["x_t"], note), caption=shown["x_t_caption"], output_format="PNG")
+    caption.caption(status(shown, running))
+
+
+def show(ticking: bool) -> None:
+    """The fragment: draw the newest frame, then advance the session's run by one slice (its frame
+    is drawn by the next tick, or, once the run has ended, by the page's full run).
+    ``ticking``: whether the browser reruns it (``plans.LIVE_TICK_SECONDS``)."""
     lock = session_lock()
     if not lock.acquire(timeout=60):
         st.warning("The previous live step is still finishing; press Start again in a moment.")
         return
     try:
-        run, shown = st.session_state.get("live_run"), None
+        run = st.session_state.get("live_run")
+        draw(st.session_state.get("live_last"), run is not None)
         if run is not None:
-            shown = advance_or_error(run)
-            if shown is None or shown["step"] == shown["steps"]:
-                end(run)  # done, stopped or failed: the ticks stop with the page's next run
-                run = None
-            if shown is not None:
-                st.session_state["live_last"] = shown
-        if "live_error" in st.session_state:
-            st.error(st.session_state["live_error"])
-        last = st.session_state.get("live_last")
-        if shown is not None:
-            pred_slot.image(png_bytes(shown["pred"]), caption=shown["pred_caption"], output_format="PNG")
-            xt_slot.image(png_bytes(shown["x_t"]), caption=shown["x_t_caption"], output_format="PNG")
-            progress.progress(shown["step"] / shown["steps"], text=f"step {shown['step']} of {shown['steps']}")
-            caption.caption(status(shown, run is not None))
-        elif last is not None:
-            # Kept frames are encoded with a note: an interrupted tick's clean-up may delete its media
-            # files while this run starts, and the same bytes would get the same URL, which the
-            # browser would not fetch again.
-            pred_slot.image(pictures.png_with_note(last["pred"], "kept"), caption=last["pred_caption"],
-                            output_format="PNG")
-            xt_slot.image(pictures.png_with_note(last["x_t"], "kept"), caption=last["x_t_caption"],
-                          output_format="PNG")
-            caption.caption(status(last, False))
-        else:
-            caption.caption("Press Start to watch the sampler work.")
+            step(run)
+        running = "live_run" in st.session_state
     finally:
         lock.release()
-    if ticking and run is None:
-        st.rerun()  # a full run of the page, which sets no timer
+    if ticking and not running:
+        st.rerun()  # a full run of the page, which draws the last frame and sets no timer
 
 
 # Start, Stop, the first visit and changed settings act here, in the page's full run; the fragment

@@ -24,8 +24,11 @@ MAX_SEED = 2**31 - 1  # the seed widgets' maximum; the core takes any seed below
 SWEEP_STEPS = (5, 10, 20, 50, 100)
 DEFAULT_SECONDS = 2.5  # target time of a page's default action
 AUTO_SECONDS = 10.0  # beyond this estimate an action waits for its button
-LIVE_TICK_SECONDS = 0.2  # Live page: how often the browser asks for the next steps while a run goes on
-LIVE_SLICE_SECONDS = 0.3  # Live page: compute time of one tick (at least one step); its newest step is shown
+# Live page: while a run goes on, the browser asks for its next slice every LIVE_TICK_SECONDS; a tick
+# draws the newest frame, then computes for LIVE_SLICE_SECONDS (at least one step). The tick is the
+# shorter, so the next request is waiting when a slice ends and the slices follow each other.
+LIVE_TICK_SECONDS = 0.2
+LIVE_SLICE_SECONDS = 0.3
 SECONDS_PER_GFLOP = {"cpu": 0.011, "mps": 0.002, "cuda": 0.0002}  # cpu: per thread (measured, 2 cores)
 
 

@@ -416,28 +416,50 @@ def test_live_runs_stops_and_restarts(monkeypatch, folder, media):
 
 
 def test_live_computes_one_slice_per_tick_and_keeps_the_run_between_ticks(monkeypatch, folder, media):
-    """A slice of no time: each tick of the Live fragment (here each run of the page) computes one
-    step; the run waits in the session between ticks; Stop ends it there and nothing advances."""
+    """A slice of no time: Start computes the first step; each tick of the Live fragment (here each
+    run of the page) draws the newest step, then computes one more; the run waits in the session
+    between ticks; Stop ends it there, shows the newest step, and nothing advances."""
     from explorer_ui import plans
 
     monkeypatch.setattr(plans, "LIVE_SLICE_SECONDS", 0.0)
     at = open_app(monkeypatch, folder, "live")
     clean(at)
     steps = at.number_input(key="live_steps").value
-    assert steps > 2 and any(f"Running: step 1 of {steps}" in c.value for c in at.caption)
+    assert steps > 3 and any(f"Running: step 1 of {steps}" in c.value for c in at.caption)
     at.run()
     clean(at)
     assert any(f"Running: step 2 of {steps}" in c.value for c in at.caption)
+    assert at.get("progress")[0].proto.value == round(100 * 2 / steps)
     model = load_checkpoint(folder / "tiny_a.json")
-    second = list(itertools.islice(G.step_states(model, [0, 1, 2, 3], SamplerConfig("ddim", steps)), 2))[-1]
+    second, third = list(itertools.islice(G.step_states(model, [0, 1, 2, 3], SamplerConfig("ddim", steps)), 3))[1:]
     assert_shows(pixels(media, at.image[1]), make_grid(G.latent_to_pixels(model, second.x_next), cols=2))
 
-    at.button(key="live_stop").click().run()
+    at.button(key="live_stop").click().run()  # the third step was computed after the second was drawn
     clean(at)
-    assert "live_run" not in at.session_state
+    assert "live_run" not in at.session_state and not at.get("progress")
+    assert any(f"Stopped at step 3 of {steps}" in c.value for c in at.caption)
     at.run()
-    assert any(f"Stopped at step 2 of {steps}" in c.value for c in at.caption)
-    assert_shows(pixels(media, at.image[1]), make_grid(G.latent_to_pixels(model, second.x_next), cols=2))
+    assert any(f"Stopped at step 3 of {steps}" in c.value for c in at.caption)
+    assert_shows(pixels(media, at.image[1]), make_grid(G.latent_to_pixels(model, third.x_next), cols=2))
+
+
+def test_live_error_in_a_later_slice_ends_the_run_and_is_shown_with_the_last_frame(monkeypatch, folder):
+    from explorer_ui import cache, plans
+
+    monkeypatch.setattr(plans, "LIVE_SLICE_SECONDS", 0.0)
+    real = cache.live_steps
+
+    def failing(request, job=None):
+        steps = real(request, job)
+        yield next(steps)
+        steps.close()
+        raise ValueError("the device went away")
+
+    monkeypatch.setattr(cache, "live_steps", failing)
+    at = open_app(monkeypatch, folder, "live")  # Start's slice makes step 1; the tick's slice fails
+    assert not at.exception and "live_run" not in at.session_state
+    assert [e.value for e in at.error] == ["Live sampling: the device went away"]
+    assert any("Stopped at step 1 of" in c.value for c in at.caption) and len(at.image) == 2
 
 
 def test_live_stops_when_the_visitor_has_left(monkeypatch, folder):
