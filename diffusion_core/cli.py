@@ -231,6 +231,22 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_output_file(Path(args.dest).with_suffix(".json"), "dest")
     elif args.command == "evaluate":
         check_output_folder(args.cache_dir, "--cache-dir")
+        if not args.no_write:
+            check_recordable(args.checkpoint)
+
+
+def check_recordable(checkpoint: str | os.PathLike) -> None:
+    """Refuse, before the evaluation runs, a checkpoint whose description (and its folder, for the
+    writers' lock file and the atomic replace) cannot be written: its results would be lost at the
+    end. A diffusers folder is not written into, so not checked."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        return
+    description = path.with_suffix(".json") if path.suffix in (".json", ".safetensors") else Path(f"{path}.json")
+    if description.is_file() and not (os.access(description, os.W_OK)
+                                      and os.access(description.parent, os.W_OK | os.X_OK)):
+        raise ValueError(f"{checkpoint}: its results cannot be recorded in {description} (no permission to write "
+                         "there); copy the checkpoint somewhere writable, or pass --no-write to print them only")
 
 
 def _message(e: BaseException) -> str:

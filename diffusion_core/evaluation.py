@@ -126,7 +126,9 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
     if guidance is not None:  # the guide's size and age too, for FID against them
         desc = guidance.guide.description
         training = desc.get("training") if isinstance(desc.get("training"), dict) else {}
-        result |= {"guide": guidance.guide.name, "guidance": guidance.weight,
+        # named by its description (a run's model.json or a snapshot's step_N.json would all be "model"/"step_N")
+        name = desc.get("name") if isinstance(desc.get("name"), str) and desc.get("name") else guidance.guide.name
+        result |= {"guide": name, "guidance": guidance.weight,
                    "guide_parameters": desc.get("parameters"), "guide_epochs": training.get("epochs_completed")}
     if equal_n_splits and num_samples >= len(real_images) // 2:
         result["equal_n"] = equal_n_comparison(fake_feats, real_feats, equal_n_splits, frechet)
@@ -139,19 +141,22 @@ def evaluate_model(model: LoadedModel, real_images: np.ndarray, real_name: str, 
 
 
 def record_result(path: str | Path, result: dict[str, Any], protocol: bool) -> dict[str, Any]:
-    """Append ``result`` to the checkpoint's metrics["evaluations"]; when it follows the project's
-    protocol, also set metrics fid/kid/near-copy for tables and the app."""
+    """Append ``result`` to the checkpoint's metrics["evaluations"] (replacing an earlier one of the
+    same setting: sampler, steps, eta, N and, when guided, the guide, its size and age and w); when
+    it follows the project's protocol and is the model's own (unguided), also set metrics
+    fid/kid/near-copy for tables and the app. An autoguided result is a pair of models: it stays
+    among the evaluations and never becomes the model's headline."""
 
     def record(description: dict[str, Any]) -> None:
         metrics = dict(description.get("metrics") if isinstance(description.get("metrics"), dict) else {})
-        keys = ("sampler", "steps", "eta", "num_samples", "guide", "guidance")  # an unguided run has no guide
+        keys = ("sampler", "steps", "eta", "num_samples", "guide", "guidance", "guide_parameters", "guide_epochs")
         runs = [r for r in metrics.get("evaluations", []) if not all(r.get(k) == result.get(k) for k in keys)]
         metrics["evaluations"] = runs + [result]
-        if protocol:
-            if "guide" in metrics and "guide" not in result:  # an unguided headline after a guided one
-                metrics.update(guide=None, guidance=NO_GUIDANCE)
+        if protocol and "guide" not in result:
+            for k in ("guide", "guidance"):  # a headline written by an earlier version from a guided run
+                metrics.pop(k, None)
             metrics.update({k: result[k] for k in ("fid", "kid", "kid_std", "num_samples", "sampler", "steps", "eta",
-                                                   "weights", "reference", "equal_n", "guide", "guidance")
+                                                   "weights", "reference", "equal_n")
                             if k in result})
             for k in ("near_copy_share", "near_copy_threshold"):
                 if k in result:

@@ -118,6 +118,19 @@ def test_train_out_that_is_a_file_refused_before_reading_data(tmp_path, capsys, 
     assert line == f"error: --out {tmp_path / 'FILE'}: {tmp_path / 'FILE'} is a file, not a folder"
 
 
+def test_evaluate_into_a_read_only_checkpoint_refused_before_the_work(tmp_path, ck, no_model, capsys, monkeypatch):
+    """The results of a long evaluation would be lost when they cannot be recorded: refused first,
+    with the way out named (tests may run as root, where every mode bit is writable: the check's
+    question to the system is answered here)."""
+    description = os.path.abspath(ck if ck.endswith(".json") else ck + ".json")
+    monkeypatch.setattr(os, "access", lambda p, mode: os.path.abspath(p) != description)
+    line = one_line_error(["evaluate", ck, "--data", str(tmp_path)], capsys)
+    assert line.startswith(f"error: {ck}: its results cannot be recorded in ") and line.endswith(
+        "(no permission to write there); copy the checkpoint somewhere writable, or pass --no-write to print them only")
+    monkeypatch.setattr(commands, "evaluate", lambda args: 0)  # --no-write: nothing to record, so no refusal
+    assert main(["evaluate", ck, "--data", str(tmp_path), "--no-write"]) == 0
+
+
 def test_system_errors_are_one_line_too(tmp_path, ck, capsys):
     long_name = str(tmp_path / ("a" * 300 + ".png"))
     assert one_line_error(["sample", ck, "--out", long_name], capsys) == f"error: File name too long: {long_name}"

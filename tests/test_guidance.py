@@ -243,8 +243,9 @@ def test_cli_evaluate_runs_one_evaluation_per_weight(monkeypatch, capsys):
 
 
 def test_evaluation_records_guide_and_weight(models, tmp_path):
-    """evaluate_model names the guide and w in its result; evaluations that differ only in w are
-    kept side by side in the description, and an unguided headline after a guided one names no guide."""
+    """evaluate_model names the guide (by its description, also from a run's model.json) and w in
+    its result; evaluations that differ only in w, or only in the guide's age, are kept side by side;
+    a guided result never becomes the model's headline metrics."""
     from diffusion_core.evaluation import evaluate_model, record_result
 
     folder, main_model, guide_model = models
@@ -269,16 +270,27 @@ def test_evaluation_records_guide_and_weight(models, tmp_path):
     plain = evaluate_model(main_model, real, "noise", config, 6, Extractor(), tmp_path / "cache",
                            memorization=False, autocast=None)
     assert "guide" not in plain and "guidance" not in plain
+    # the same guide saved as a training run saves it (runs/NAME/model.json) is still named "guide"
+    run_guide = load_checkpoint(save_checkpoint(tmp_path / "run" / "model", guide_model.network.state_dict(),
+                                                guide_model.description, dtype=torch.float32)[0], "cpu")
+    assert run_guide.name == "model"
+    from_run = evaluate_model(main_model, real, "noise", config, 6, Extractor(), tmp_path / "cache",
+                              memorization=False, autocast=None, guidance=guidance(main_model, run_guide, 2.0))
+    assert from_run["guide"] == "guide" and from_run["fid"] == results[1]["fid"]
     path = make_checkpoint(tmp_path, "record")
+    record_result(path, plain, protocol=True)
     for r in results:
         record_result(path, r, protocol=True)
+    younger = results[1] | {"guide_epochs": 5.0, "fid": 99.0}  # the same guide at another age: its own row
+    record_result(path, younger, protocol=True)
     metrics = read_description(path)["metrics"]
-    assert [r["guidance"] for r in metrics["evaluations"]] == [1.5, 2.0]
-    assert (metrics["guide"], metrics["guidance"]) == ("guide", 2.0)
-    record_result(path, plain, protocol=True)
+    assert [(r.get("guidance"), r.get("guide_epochs")) for r in metrics["evaluations"]] == [
+        (None, None), (1.5, 12.5), (2.0, 12.5), (2.0, 5.0)]
+    assert metrics["fid"] == plain["fid"] and "guide" not in metrics and "guidance" not in metrics
+    record_result(path, results[0] | {"fid": 1.0}, protocol=True)  # the same setting again replaces its row
     metrics = read_description(path)["metrics"]
-    assert len(metrics["evaluations"]) == 3 and metrics["fid"] == plain["fid"]
-    assert (metrics["guide"], metrics["guidance"]) == (None, 1.0)
+    assert len(metrics["evaluations"]) == 4 and metrics["evaluations"][-1]["fid"] == 1.0
+    assert metrics["fid"] == plain["fid"]
 
 
 def test_the_shipped_guide_config_fits_ours2_eps():
