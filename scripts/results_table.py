@@ -15,11 +15,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "descriptions"
 FLOORS = ROOT / "results" / "floors.json"
-ROWS = ["ddpm_01", "ddpm_01_narrow", "ddim_01", "ddim_02", "ddim_03", "ddim_04", "ddim_05", "ddim_06", "ddim_08",
-        "ddim_09", "ours", "ours2_eps", "ours2_v", "ours2_attn"]
+ROWS = ["ddpm_01", "ddpm_01_narrow", "ddim_01", "ddim_02", "ddim_03", "ddim_04", "ddim_05", "ddim_06", "ddim_07",
+        "ddim_08", "ddim_09", "ours", "ours2_eps", "ours2_v", "ours2_attn"]
 SEED_LABEL = {"ddpm_01": "DDPM 1", "ddpm_01_narrow": "DDPM 1, narrow (not a seed row)", "ddim_01": "DDIM 1",
               "ddim_02": "DDIM 2", "ddim_03": "DDIM 3", "ddim_04": "DDIM 4", "ddim_05": "DDIM 5", "ddim_06": "DDIM 6",
-              "ddim_08": "DDIM 8", "ddim_09": "DDIM 9", "ours": "ours, round 1",
+              "ddim_07": "DDIM 7", "ddim_08": "DDIM 8", "ddim_09": "DDIM 9", "ours": "ours, round 1",
               "ours2_eps": "**ours** (round 2, A: L1 on noise)", "ours2_v": "ours, round 2, B: v-prediction",
               "ours2_attn": "ours, round 2, C: attention, v-prediction"}
 BEST = "ours2_eps"
