@@ -335,11 +335,11 @@ def test_sample_page_guides_with_a_fitting_checkpoint_and_a_row_per_weight(monke
     assert at.selectbox(key="sample_guide").options == ["(none)", "tiny_b"]  # big has another resolution
     assert_shows(pixels(media, at.image[0]), make_grid(generate(main_model, seeds, config), cols=4))
 
-    at.selectbox(key="sample_guide").set_value("tiny_b").run()  # default weight 2
+    at.selectbox(key="sample_guide").set_value("tiny_b").run()  # default weight 1.5
     clean(at)
-    guided = generate(main_model, seeds, config, guidance=Guidance(guide_model, 2.0))
+    guided = generate(main_model, seeds, config, guidance=Guidance(guide_model, 1.5))
     assert_shows(pixels(media, at.image[0]), make_grid(guided, cols=4))
-    assert any("guided by tiny_b at w = 2;" in c.value for c in at.caption)
+    assert any("guided by tiny_b at w = 1.5;" in c.value for c in at.caption)
 
     at.text_input(key="sample_guidance").set_value("1, 3").run()  # a row per weight, w = 1 the model alone
     clean(at)
