@@ -56,7 +56,7 @@ with left:
     request = widgets.valid("Editing", lambda: view_requests.edit(
         choice.ref, choice.model, uploaded_image(upload, size), sampler.config(), strength, seed, region))
 
-with right, widgets.guard("Editing"):
+with right, st.container(), widgets.guard("Editing"):  # one element: its progress bar cannot displace the sweep
     if widgets.ready("edit_approved", request, [choice.model], request.evaluations, "Edit"):
         original = request.image.array()[0]
         with widgets.running("edit_approved", request, request.evaluations, "Editing") as job:

@@ -30,7 +30,7 @@ with left:
                                                                      frames, config))
 
 with right:
-    with widgets.guard("Variations"):
+    with st.container(), widgets.guard("Variations"):  # one element: its progress bar cannot displace the walk
         st.subheader("Variations")
         if widgets.ready("nb_var_approved", variations, [choice.model], variations.evaluations):
             with widgets.running("nb_var_approved", variations, variations.evaluations, "Variations") as job:

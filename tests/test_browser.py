@@ -125,9 +125,10 @@ def live_step(page, after: int) -> int:
         }""", arg=after, timeout=30_000).json_value()
 
 
-def stop_long_action(page, what: str, shot: str) -> None:
+def stop_long_action(page, what: str, shot: str, heading_below: str | None = None) -> None:
     """A long action waits for its Generate button; started, it shows a progress bar with the time
-    left and a Stop button; Stop ends it, and the page says so and offers Generate again."""
+    left and a Stop button (the page's next section, ``heading_below``, stays where it is); Stop
+    ends it, and the page says so and offers Generate again."""
     settle(page)
     gate, progress = page.get_by_text("press Generate to start"), page.locator('[data-testid="stProgress"]')
     gate.or_(progress).first.wait_for()  # the gate comes only when the measured speed says it is slow
@@ -136,6 +137,8 @@ def stop_long_action(page, what: str, shot: str) -> None:
     progress.wait_for()
     page.get_by_text(re.compile(rf"^{what}: \d+%, about .+ left$")).wait_for()
     page.screenshot(path=str(SHOTS / f"{shot}_running.png"), full_page=True)
+    if heading_below is not None:
+        assert page.get_by_role("heading", name=heading_below).is_visible(), f"{heading_below!r} is hidden while running"
     page.get_by_role("button", name="Stop", exact=True).click()
     page.get_by_text(re.compile(r"^Stopped\. This takes about .+ press Generate to start\.$")).wait_for()
     settle(page)
@@ -237,7 +240,7 @@ def test_every_page_in_a_browser(server, browser_page):
     number(page, "Images", 256)  # 2 x 256 x 1000 image-steps, behind Generate (at 20 steps it may run or wait)
     settle(page)
     number(page, "Sampling steps", 1000)
-    stop_long_action(page, "Comparing", "07_compare_long")
+    stop_long_action(page, "Comparing", "07_compare_long", heading_below="Step sweep")
 
     # the views: each shows its pictures with the defaults (Edit once an image is uploaded)
     for title, shot, count in [("XY grid", "07a_xy_grid", 1), ("Branch", "07b_branch", 3),
