@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_core import evaluation, fid
+from diffusion_core import evaluation, fid, training
 from diffusion_core import generate as G
 from diffusion_core.checkpoint import load_checkpoint, read_description
 from diffusion_core.data import load_image_set
@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import collect  # noqa: E402
 import curve  # noqa: E402
 import results_table  # noqa: E402
+import snapshot  # noqa: E402
 
 
 def cifar_archive(path: Path, images: np.ndarray, classes=("airplane", "cat")) -> Path:
@@ -104,18 +105,22 @@ def test_nearest_neighbours_chunk_bounded_by_memory(monkeypatch):
 
 
 # ------------------------------------------------------------------------ snapshots and the curve
-def test_keep_snapshots_keeps_every_save_and_the_curve_reads_them(tmp_path):
+def test_keep_snapshots_keeps_every_save_and_the_curve_reads_them(tmp_path, monkeypatch):
     exp = tiny_experiment("snap", image_size=16, epochs=3, checkpoint_every=1, batch_size=8)
     trainer = Trainer(exp, random_images(16, 16), tmp_path / "run",
                       RunOptions(progress=False, keep_snapshots=True), {"name": "cifar10-train", "size": 16})
+    ticks = iter(range(10**6))  # a clock that advances a second at every reading: training time is never 0 s
+    monkeypatch.setattr(training.time, "perf_counter", lambda: float(next(ticks)))
     trainer.run()
+    monkeypatch.undo()
     found = curve.snapshots(tmp_path / "run")
     assert [p.name for p in found] == ["step_00000002.json", "step_00000004.json", "step_00000006.json"]
     first, last = read_description(found[0]), read_description(found[-1])
     assert first["training"]["steps"] == 2 and last["training"]["images_seen"] == 48
     # each snapshot records the training time up to its save (the curve's x axis), not 0 until the end
     times = [read_description(p)["training"]["wall_time_s"] for p in found]
-    assert 0 < times[0] <= times[1] <= times[2] == read_description(tmp_path / "run" / "model.json")["training"]["wall_time_s"]
+    final = read_description(tmp_path / "run" / "model.json")["training"]["wall_time_s"]
+    assert 0 < times[0] < times[1] < times[2] == final
     final = load_checkpoint(tmp_path / "run" / "model.json")
     kept = load_checkpoint(found[-1])
     for name, value in final.network.state_dict().items():  # the last snapshot is the final model
@@ -129,6 +134,44 @@ def test_keep_snapshots_keeps_every_save_and_the_curve_reads_them(tmp_path):
     assert curve.spread(found, None) == found == curve.spread(found, 9)
     with pytest.raises(ValueError, match="no snapshots; train with --keep-snapshots$"):
         curve.snapshots(tmp_path)
+
+    # scripts/gpu/snapshot.py: the snapshot at an epoch, as the row of an experiment equal up to length
+    short = tmp_path / "snap_short.toml"
+    short.write_text('[experiment]\nname = "snap_short"\n[schedule]\nkind = "continuous_cosine"\n'
+                     'num_timesteps = 1000\n[network]\nwidths = [8, 16]\nblock_depth = 1\nimage_size = 16\n'
+                     '[data]\naugment = "none"\n[train]\nepochs = 2\nbatch_size = 8\nsample_every = 0\n')
+    monkeypatch.setattr(sys, "argv", ["snapshot.py", str(tmp_path / "run"), "--epoch", "2", "--as", str(short),
+                                      "--out", str(tmp_path / "short")])
+    snapshot.main()
+    copy = load_checkpoint(tmp_path / "short" / "model.json")
+    middle = load_checkpoint(found[1])
+    assert copy.name == "model" and copy.description["name"] == "snap_short" == copy.experiment.name
+    for name, value in middle.network.state_dict().items():
+        assert torch.equal(value, copy.network.state_dict()[name]), name
+    assert copy.description["training"]["steps"] == 4 and copy.description["training"]["finished"] is True
+    logged = [json.loads(line)["step"] for line in (tmp_path / "short" / "log.jsonl").read_text().splitlines()]
+    assert logged and max(logged) == 4
+    short.write_text(short.read_text().replace("block_depth = 1", "block_depth = 2"))
+    with pytest.raises(SystemExit, match=r"differs from .* in more than its length: \[\('network', 'block_depth'\)\]"):
+        snapshot.main()
+    monkeypatch.setattr(sys, "argv", sys.argv[:3] + ["5"] + sys.argv[4:])
+    with pytest.raises(SystemExit, match="kept no snapshot at epoch 5 \\(it kept 1, 2, 3\\)"):
+        snapshot.main()
+
+
+def test_snapshot_compares_experiments_as_the_core_reads_them():
+    """A description written before a field existed differs from its TOML only where the settings
+    really differ (DDIM 9's run predates several schedule fields and the EMA warm-up), and DDIM 10
+    and 11 differ only in their length."""
+    from diffusion_core.checkpoint import experiment_from_description
+    from diffusion_core.config import load_experiment
+
+    old = experiment_from_description(json.loads((ROOT / "results" / "descriptions" / "ddim_09.json").read_text()),
+                                      "ddim_09")
+    nine = load_experiment(ROOT / "experiments" / "ddim_09.toml")
+    assert snapshot.differences(old, nine) == {("train", "ema_warmup")}
+    ten, eleven = (load_experiment(ROOT / "experiments" / f"ddim_{n}.toml") for n in (10, 11))
+    assert snapshot.differences(ten, eleven) and snapshot.differences(ten, eleven) <= snapshot.LENGTH_FIELDS
 
 
 # ----------------------------------------------------------------------------------- the table
