@@ -18,56 +18,52 @@ labels = [e.label for e in entries]
 by_label = {e.label: e for e in entries}
 best_two = [labels[i] for i in catalog.by_fid(entries)[:2]]
 
-# Each section is one element of the page, so whatever a section draws while it runs (a progress bar in
-# place of its Generate button) cannot take the place of the next section's elements, which stay
-# on screen from the previous run until the script reaches them.
-with st.container():
-    st.subheader("Checkpoints side by side")
-    if [x for x in st.session_state.get("cmp_checkpoints", []) if x not in labels]:
-        st.session_state.pop("cmp_checkpoints")
-    chosen = st.multiselect("Checkpoints (two to four)", labels, default=best_two, max_selections=4,
-                            key="cmp_checkpoints", on_change=widgets.forget, args=(("cmp_steps", "cmp_count"),))
-    if len(chosen) < 2:
-        st.info("Choose two to four checkpoints." if len(labels) > 1 else
-                "Only one usable checkpoint: add another to compare (the step sweep below works with one).")
-    else:
-        loaded = [widgets.load(by_label[label]) for label in chosen]
-        models = [m for _, m in loaded]
-        count0, steps0 = widgets.default_plan(models, ladder=FAIR_STEPS, share=0.5)
-        limit = min(step_limit(SAMPLER, m.experiment.schedule) for m in models)
-        a, b, c = st.columns(3)
-        seed, count = widgets.seed_inputs("cmp", count0, where=a)
-        steps = widgets.steps_input("cmp", steps0, limit, where=b)
-        cols = int(c.number_input("Grid columns", min_value=1, max_value=16,
-                                  key=widgets.preset("cmp_cols", min(count0, 2))))
-        with widgets.guard("Comparing"):
-            grids = tuple(requests.grid(ref, model, seed, count, SamplerConfig(SAMPLER, steps))
-                          for ref, model in loaded)
-            if widgets.ready("cmp_approved", grids, models, count * steps):
-                with widgets.running("cmp_approved", grids, len(grids) * count * steps, "Comparing") as job:
-                    results = [cache.sample_images(request, job) for request in grids]
-                sizes = [m.experiment.network.image_size for m in models]
-                shown = pictures.common_size(sizes)  # every grid drawn at the same size, whatever its resolution
-                side = []
-                for (images, seconds), size, label, col in zip(results, sizes, chosen, st.columns(len(grids))):
-                    side.append(make_grid(pictures.resize_images(images, shown), cols=cols))
-                    with col:
-                        widgets.show(side[-1], f"{label} ({size} px, {seconds:.1f} s)", target=840 // len(grids))
-                seeds = grids[0].seeds
-                st.caption(f"Seeds {seeds[0]}-{seeds[-1]}, DDIM {steps} steps (eta 0), every grid drawn at the "
-                           f"same size (each image {shown} px wide). Equal seeds give equal starting noise only at "
-                           "equal image sizes.")
-                if len(set(sizes)) > 1:
-                    st.info("These checkpoints make images of different sizes (" +
-                            ", ".join(f"{label}: {size} px" for label, size in zip(chosen, sizes)) +
-                            "), so the same seed gives them different starting noise: compare their quality, "
-                            "not image by image.")
-                both = pictures.labelled_grid(np.stack(side)[None], [f"{label} ({size} px)"
-                                                                    for label, size in zip(chosen, sizes)])
-                st.download_button("Download side by side (PNG)", png_bytes(both), key="cmp_download",
-                                   on_click="ignore", mime="image/png",
-                                   file_name=f"compare_{'_'.join(by_label[c].name for c in chosen)}_ddim{steps}_"
-                                             f"seeds{seeds[0]}-{seeds[-1]}.png")
+st.subheader("Checkpoints side by side")
+if [x for x in st.session_state.get("cmp_checkpoints", []) if x not in labels]:
+    st.session_state.pop("cmp_checkpoints")
+chosen = st.multiselect("Checkpoints (two to four)", labels, default=best_two, max_selections=4,
+                        key="cmp_checkpoints", on_change=widgets.forget, args=(("cmp_steps", "cmp_count"),))
+if len(chosen) < 2:
+    st.info("Choose two to four checkpoints." if len(labels) > 1 else
+            "Only one usable checkpoint: add another to compare (the step sweep below works with one).")
+else:
+    loaded = [widgets.load(by_label[label]) for label in chosen]
+    models = [m for _, m in loaded]
+    count0, steps0 = widgets.default_plan(models, ladder=FAIR_STEPS, share=0.5)
+    limit = min(step_limit(SAMPLER, m.experiment.schedule) for m in models)
+    a, b, c = st.columns(3)
+    seed, count = widgets.seed_inputs("cmp", count0, where=a)
+    steps = widgets.steps_input("cmp", steps0, limit, where=b)
+    cols = int(c.number_input("Grid columns", min_value=1, max_value=16,
+                              key=widgets.preset("cmp_cols", min(count0, 2))))
+    with widgets.section("Comparing"):
+        grids = tuple(requests.grid(ref, model, seed, count, SamplerConfig(SAMPLER, steps))
+                      for ref, model in loaded)
+        if widgets.ready("cmp_approved", grids, models, count * steps):
+            with widgets.running("cmp_approved", grids, len(grids) * count * steps, "Comparing") as job:
+                results = [cache.sample_images(request, job) for request in grids]
+            sizes = [m.experiment.network.image_size for m in models]
+            shown = pictures.common_size(sizes)  # every grid drawn at the same size, whatever its resolution
+            side = []
+            for (images, seconds), size, label, col in zip(results, sizes, chosen, st.columns(len(grids))):
+                side.append(make_grid(pictures.resize_images(images, shown), cols=cols))
+                with col:
+                    widgets.show(side[-1], f"{label} ({size} px, {seconds:.1f} s)", target=840 // len(grids))
+            seeds = grids[0].seeds
+            st.caption(f"Seeds {seeds[0]}-{seeds[-1]}, DDIM {steps} steps (eta 0), every grid drawn at the "
+                       f"same size (each image {shown} px wide). Equal seeds give equal starting noise only at "
+                       "equal image sizes.")
+            if len(set(sizes)) > 1:
+                st.info("These checkpoints make images of different sizes (" +
+                        ", ".join(f"{label}: {size} px" for label, size in zip(chosen, sizes)) +
+                        "), so the same seed gives them different starting noise: compare their quality, "
+                        "not image by image.")
+            both = pictures.labelled_grid(np.stack(side)[None], [f"{label} ({size} px)"
+                                                                for label, size in zip(chosen, sizes)])
+            st.download_button("Download side by side (PNG)", png_bytes(both), key="cmp_download",
+                               on_click="ignore", mime="image/png",
+                               file_name=f"compare_{'_'.join(by_label[c].name for c in chosen)}_ddim{steps}_"
+                                         f"seeds{seeds[0]}-{seeds[-1]}.png")
 
 st.subheader("Step sweep")
 left, right = st.columns([1, 3])
@@ -80,7 +76,7 @@ with left:
                                   share=0.5)
     sweep = st.multiselect("DDIM steps", choices, key=widgets.preset("sweep_steps", default))
     seed, count = widgets.seed_inputs("sweep", 1)
-with right, widgets.guard("Step sweep"):
+with right, widgets.section("Step sweep"):
     grids = requests.sweep(ref, model, seed, count, [int(s) for s in sweep], SAMPLER)
     evaluations = sum(g.evaluations for g in grids)
     if widgets.ready("sweep_approved", grids, [model], evaluations, "Run sweep"):

@@ -56,7 +56,7 @@ with left:
     request = widgets.valid("Editing", lambda: view_requests.edit(
         choice.ref, choice.model, uploaded_image(upload, size), sampler.config(), strength, seed, region))
 
-with right, st.container(), widgets.guard("Editing"):  # one element: its progress bar cannot displace the sweep
+with right, widgets.section("Editing"):
     if widgets.ready("edit_approved", request, [choice.model], request.evaluations, "Edit"):
         original = request.image.array()[0]
         with widgets.running("edit_approved", request, request.evaluations, "Editing") as job:
@@ -71,7 +71,7 @@ with right, st.container(), widgets.guard("Editing"):  # one element: its progre
                            file_name=f"{choice.entry.name}_edit_s{strength:g}_seed{seed}.png",
                            help="The input and the edit side by side.")
 
-with right, widgets.guard("Strength sweep"):
+with right, widgets.section("Strength sweep"):
     if st.checkbox(f"Strength sweep ({', '.join(f'{s:g}' for s in SWEEP)})", key="edit_sweep",
                    help="The same edit at every strength: faithfulness on the left, realism on the right."):
         sweep = [view_requests.edit(choice.ref, choice.model, request.image.array()[0], request.sampler, s, seed,

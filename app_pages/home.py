@@ -29,10 +29,7 @@ st.markdown("Look inside image diffusion models trained on bedroom scenes: sampl
             "see what each experiment measured. Settings you choose (checkpoint, sampler, steps, seed) follow "
             "you from page to page and stay in the address bar, so a view can be shared as a link.")
 
-entries = [e for e in widgets.checkpoints()[0] if e.usable]
-if not entries:
-    widgets.no_checkpoints()
-    st.stop()
+entries = widgets.usable_or_stop()
 
 best = entries[catalog.best_index(entries)]
 row = catalog.table_row(best)

@@ -30,7 +30,7 @@ with left:
                                                                      frames, config))
 
 with right:
-    with st.container(), widgets.guard("Variations"):  # one element: its progress bar cannot displace the walk
+    with widgets.section("Variations"):
         st.subheader("Variations")
         if widgets.ready("nb_var_approved", variations, [choice.model], variations.evaluations):
             with widgets.running("nb_var_approved", variations, variations.evaluations, "Variations") as job:
@@ -40,7 +40,7 @@ with right:
                                f"seeds {variations.variation_seeds[0]}-{variations.variation_seeds[-1]}", target=720)
             st.download_button("Download PNG", png_bytes(grid), key="nb_var_download", on_click="ignore",
                                mime="image/png", file_name=f"{choice.entry.name}_seed{seed}_variations.png")
-    with widgets.guard("Circular walk"):
+    with widgets.section("Circular walk"):
         st.subheader("Circular walk")
         if widgets.ready("nb_walk_approved", walk, [choice.model], walk.evaluations, "Walk"):
             with widgets.running("nb_walk_approved", walk, walk.evaluations, "Walking") as job:

@@ -93,7 +93,9 @@ request, sampler, seeds = choice.request, choice.request.sampler, choice.request
 
 with right, widgets.guard("Sampling"):
     evaluations = sum(r.evaluations for r in rows)
-    if widgets.ready("sample_approved", rows, models if rows[0].guide else models[:1], evaluations):
+    # each row costs what it runs: a guided row both networks at every step, a w = 1 row the model alone
+    gflop = sum(widgets.cost(models if r.guide else models[:1], r.evaluations) for r in rows)
+    if widgets.ready_cost("sample_approved", rows, gflop):
         with widgets.running("sample_approved", rows, evaluations, "Sampling") as job:
             done = [cache.sample_images(r, job) for r in rows]
         images, seconds = np.concatenate([d[0] for d in done]), sum(d[1] for d in done)

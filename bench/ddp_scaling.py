@@ -67,17 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- one rank ---------------------------------------------------------------------------------
 def worker(args: argparse.Namespace) -> None:
     """One torchrun process: time the training step of its rank; rank 0 writes the figures."""
+    from diffusion_core.commands import distributed
     from diffusion_core.config import load_experiment
     from diffusion_core.training import RunOptions, Trainer
 
     torch.set_num_threads(args.threads)
-    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-    device = "cpu"
-    if args.device == "cuda":
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    device, rank, world = distributed(args.device)  # as `torchrun -m diffusion_core train` joins
     try:
         exp = load_experiment(args.config).with_overrides(
             train={"batch_size": args.per_gpu_batch * world, "sample_every": 0, "checkpoint_every": 0})

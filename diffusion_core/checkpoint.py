@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ConfigError, ExperimentConfig
-from .files import atomic_save_tensors, file_lock, validate_tensors, write_json
+from .files import atomic_save_tensors, file_lock, read_json, validate_tensors, write_json
 from .model import PixelNormalization, module_device
 from .networks import beyond_limits, build_network, count_parameters, over_budget
 
@@ -115,12 +115,7 @@ def save_checkpoint(stem: str | os.PathLike, state_dict: dict[str, torch.Tensor]
 def read_description_file(jpath: Path) -> dict[str, Any]:
     """A JSON file in the description format (size, JSON and format checked; a file anyone may have
     handed over). Raises CheckpointError naming the file."""
-    if jpath.stat().st_size > MAX_DESCRIPTION_BYTES:
-        raise CheckpointError(f"{jpath} is too large to be a checkpoint description")
-    try:
-        desc = json.loads(jpath.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, an integer of > 4,300 digits, absurd nesting
-        raise CheckpointError(f"{jpath} is not valid JSON: {str(e)[:200]}") from e
+    desc = read_json(jpath, MAX_DESCRIPTION_BYTES, CheckpointError, "a checkpoint description")
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         raise CheckpointError(f"{jpath} is not a diffusion-explorer checkpoint description (format {FORMAT!r} expected)")
     return desc

@@ -52,7 +52,7 @@ def train(args: argparse.Namespace) -> int:
         data={"samples": args.samples} if args.samples is not None else {},
         network={"image_size": args.image_size} if args.image_size is not None else {},
     )
-    device, rank, world = _distributed(resolve_device(args.device))
+    device, rank, world = distributed(resolve_device(args.device))
     say = print if rank == 0 else (lambda *a, **k: None)
     images = load_image_set(args.data, exp.network.image_size, exp.data.samples, seed=exp.train.seed,
                             cache_dir=args.cache_dir, progress=not args.quiet and rank == 0)
@@ -81,7 +81,7 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distributed(device: str) -> tuple[str, int, int]:
+def distributed(device: str) -> tuple[str, int, int]:
     """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, one GPU per
     process by LOCAL_RANK; gloo on CPU) and return (device, rank, world size)."""
     import os

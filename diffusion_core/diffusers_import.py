@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 
 from .config import ConfigError, DataConfig, ExperimentConfig, TrainConfig
 from .diffusers_unet import DiffusersUNetConfig, validate_unet_config
+from . import files
 from .files import validate_tensors
 from .networks import build_network, count_parameters
 from .schedules import ScheduleConfig
@@ -112,12 +113,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """An untrusted JSON object (size and syntax checked). DiffusersError naming the file."""
     if not path.is_file():
         raise DiffusersError(f"{path} is missing")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise DiffusersError(f"{path} is too large to be a diffusers config")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise DiffusersError(f"{path} is not valid JSON: {str(e)[:200]}") from e
+    value = files.read_json(path, MAX_CONFIG_BYTES, DiffusersError, "a diffusers config")
     if not isinstance(value, dict):
         raise DiffusersError(f"{path} must hold a JSON object")
     return value

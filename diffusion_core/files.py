@@ -168,6 +168,19 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def read_json(path: str | os.PathLike, max_bytes: int, error: type[Exception], what: str) -> Any:
+    """The JSON value of an untrusted file of at most ``max_bytes`` (``what`` it should be, for the
+    message): anything else (too large, not UTF-8, not JSON, an integer of over 4,300 digits,
+    absurd nesting) raises ``error`` naming the file."""
+    path = Path(path)
+    if path.stat().st_size > max_bytes:
+        raise error(f"{path} is too large to be {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise error(f"{path} is not valid JSON: {str(e)[:200]}") from e
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes, hex, read in 1 MiB chunks."""
     digest = hashlib.sha256()

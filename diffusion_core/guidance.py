@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .model import PixelNormalization
-from .schedules import ScheduleConfig
+from .schedules import RATE_FIELDS, ScheduleConfig
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
@@ -43,12 +43,6 @@ NO_GUIDANCE = 1.0  # w = 1: the main model alone
 MAX_GUIDANCE = 10.0  # weights beyond this only amplify the difference of two models' errors
 NORMALIZATION_TOLERANCE = 1e-6  # mean/std of the two models' pixel normalisations may differ by this
 
-# the schedule fields that give a kind its rates (the others are unused by that kind)
-_SCHEDULE_FIELDS = {
-    "linear": ("num_timesteps", "beta_start", "beta_end"),
-    "cosine": ("num_timesteps", "cosine_s"),
-    "continuous_cosine": ("max_signal_rate", "min_signal_rate"),
-}
 
 
 def check_weight(w: float) -> float:
@@ -106,8 +100,8 @@ class GuidedDenoiser:
 def _schedule_mismatches(main: ScheduleConfig, guide: ScheduleConfig) -> list[str]:
     if main.kind != guide.kind:
         return [f"schedule kind ({main.kind} against {guide.kind})"]
-    return [f"schedule {f} ({getattr(main, f)} against {getattr(guide, f)})" for f in _SCHEDULE_FIELDS[main.kind]
-            if getattr(main, f) != getattr(guide, f)]
+    return [f"schedule {f} ({str(getattr(main, f)):.60} against {str(getattr(guide, f)):.60})"
+            for f in RATE_FIELDS[main.kind] if getattr(main, f) != getattr(guide, f)]
 
 
 def mismatches(main: ExperimentConfig, main_norm: PixelNormalization,

@@ -28,6 +28,15 @@ ScheduleKind = Literal["linear", "scaled_linear", "cosine", "trained_betas", "co
 Spacing = Literal["trailing", "leading", "linspace"]
 DdimTarget = Literal["next", "stride"]
 MAX_TRAINED_BETAS = 100_000  # entries of a trained_betas schedule (T), as num_timesteps' bound
+# the fields that give each kind its noise levels (a kind ignores the others): two schedules of one
+# kind that agree on these have the same rates
+RATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "linear": ("num_timesteps", "beta_start", "beta_end"),
+    "scaled_linear": ("num_timesteps", "beta_start", "beta_end"),
+    "cosine": ("num_timesteps", "cosine_s"),
+    "trained_betas": ("num_timesteps", "trained_betas"),
+    "continuous_cosine": ("max_signal_rate", "min_signal_rate"),
+}
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class ScheduleConfig:
     set_alpha_to_one: bool = True  # discrete only: DDIM's last step goes to clean (abar = 1), else to abar_0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("linear", "scaled_linear", "cosine", "trained_betas", "continuous_cosine"):
+        if self.kind not in RATE_FIELDS:
             raise ValueError(f"unknown schedule kind {self.kind!r}")
         if not isinstance(self.num_timesteps, int) or isinstance(self.num_timesteps, bool):
             raise ValueError(f"num_timesteps must be a whole number, got {self.num_timesteps!r}")

@@ -29,6 +29,7 @@ from diffusion_core.diffusers_import import DiffusersError, current_name, find_p
 from diffusion_core.files import header_tensors, validate_tensors
 from diffusion_core.guidance import description_mismatches
 from diffusion_core.networks import build_network, count_parameters
+from diffusion_core.training import STATE_TENSORS
 
 FOLDER_ENV = "DIFFUSION_EXPLORER_CHECKPOINTS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -179,7 +180,7 @@ def _unusable(json_path: Path, e: BaseException) -> str:
 
 def _is_training_tensors(path: Path) -> bool:
     """A training run's resume tensors (``state.safetensors``, ``state-STEP.safetensors``)."""
-    return path.name == "state.safetensors" or (path.name.startswith("state-") and path.stem[6:].isdigit())
+    return path.name == "state.safetensors" or STATE_TENSORS.fullmatch(path.name) is not None
 
 
 DIFFUSERS_LABEL = "diffusers"  # shown after the name of a diffusers pipeline folder

@@ -58,6 +58,16 @@ def guard(action: str) -> Iterator[None]:
         st.error(f"{action} failed unexpectedly ({type(e).__name__}). The details are in the server log.")
 
 
+@contextmanager
+def section(action: str) -> Iterator[None]:
+    """A part of a page that runs an action (``guard``'s error boxes), drawn as one element of the
+    page: what it draws while it runs (a progress bar where its button was) cannot take the place
+    of the next part's elements, which stay on screen from the previous run until the script
+    reaches them. Pages with several actions one below the other use it for each."""
+    with st.container(), guard(action):
+        yield
+
+
 def valid(action: str, build: Callable[[], T]) -> T:
     """``build()`` a request from a page's inputs; if the inputs are wrong, show why (as ``guard``
     does) and end the page run."""
@@ -228,11 +238,6 @@ def default_plan(models: Sequence[LoadedModel], count: int = 4, ladder: Sequence
 def cost(models: Sequence[LoadedModel], evaluations: float) -> float:
     """GFLOP of ``evaluations`` network evaluations of one image (images x steps) on each model."""
     return sum(gflops(m) for m in models) * evaluations
-
-
-def estimate(models: Sequence[LoadedModel], evaluations: float) -> float:
-    """Seconds for ``evaluations`` (images x steps) on each model, at this process's recent speed."""
-    return compute.estimate_seconds(cost(models, evaluations), current_device())
 
 
 def duration(seconds: float) -> str:

@@ -33,21 +33,13 @@ G16 = plans.gflops_per_image(tiny_experiment(image_size=16).network)
 
 @pytest.fixture(autouse=True)
 def one_thread_no_speed(monkeypatch):
-    """One torch thread (tiny models), and no speed measured by earlier tests."""
+    """One torch thread (tiny models) and no request budget (conftest: no speed from earlier tests)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     monkeypatch.setattr(compute, "_threads", 1)
-    monkeypatch.setattr(compute, "_speed", {})
     monkeypatch.delenv(compute.MAX_GFLOP_ENV, raising=False)
     yield
     torch.set_num_threads(saved)
-
-
-@pytest.fixture(autouse=True)
-def keep_main_module():
-    main = sys.modules["__main__"]
-    yield
-    sys.modules["__main__"] = main
 
 
 @pytest.fixture(autouse=True)

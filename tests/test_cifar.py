@@ -24,6 +24,7 @@ from diffusion_core.samplers import SamplerConfig
 from diffusion_core.schedules import ScheduleConfig
 from diffusion_core.training import RunOptions, Trainer
 from tests.helpers import make_tiny_checkpoint, random_images, tiny_experiment
+from tests.test_app import one_thread  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
@@ -228,30 +229,24 @@ def test_cifar_data_is_found_by_its_name_and_loads_at_32px(tmp_path):
     assert images.name == "cifar10-train" and images.images.shape == (40, 32, 32, 3)
 
 
-def test_app_pages_work_on_a_32px_cifar_checkpoint(monkeypatch, tmp_path):
+def test_app_pages_work_on_a_32px_cifar_checkpoint(monkeypatch, tmp_path, one_thread):
     pytest.importorskip("streamlit")
     from tests.test_app import PAGES, clean, open_app
     from tests.test_views import VIEWS
-    from explorer_ui import catalog, compute
+    from explorer_ui import catalog
 
     monkeypatch.setattr(catalog, "RESULTS_FOLDER", tmp_path / "no-results")
-    monkeypatch.setattr(compute, "_threads", 1)
-    torch.set_num_threads(1)
     ck = tmp_path / "checkpoints"
     cifar_checkpoint(ck, tmp_path / "cifar10-train.tar.gz")
     make_tiny_checkpoint(ck, "tiny_bedrooms", image_size=16)  # the other domain, listed after it
-    main = sys.modules["__main__"]
-    try:
-        at = open_app(monkeypatch, ck, "experiments")
+    at = open_app(monkeypatch, ck, "experiments")
+    clean(at)
+    assert list(at.dataframe[0].value["name"]) == ["cifar_tiny", "tiny_bedrooms"]
+    for page in [p for p in PAGES if p != "experiments"] + list(VIEWS) + ["timeline"]:
+        at.switch_page(f"app_pages/{page}.py").run()
         clean(at)
-        assert list(at.dataframe[0].value["name"]) == ["cifar_tiny", "tiny_bedrooms"]
-        for page in [p for p in PAGES if p != "experiments"] + list(VIEWS) + ["timeline"]:
-            at.switch_page(f"app_pages/{page}.py").run()
-            clean(at)
-            boxes = [b for b in at.selectbox if "cifar_tiny" in b.options]  # the checkpoint choices
-            assert all(b.value == "cifar_tiny" for b in boxes), (page, [b.value for b in boxes])
-    finally:
-        sys.modules["__main__"] = main
+        boxes = [b for b in at.selectbox if "cifar_tiny" in b.options]  # the checkpoint choices
+        assert all(b.value == "cifar_tiny" for b in boxes), (page, [b.value for b in boxes])
 
 
 def test_sample_page_finds_nearest_cifar_images(monkeypatch, tmp_path):
@@ -272,15 +267,11 @@ def test_sample_page_finds_nearest_cifar_images(monkeypatch, tmp_path):
     archive = cifar_archive(tmp_path / "data" / "cifar10-train.tar.gz", random_images(40, 32, seed=5))
     monkeypatch.setenv(neighbours.DATA_ENV, str(tmp_path / "data"))
     path = cifar_checkpoint(tmp_path / "ck", Path("/trainer/data/cifar10-train.tar.gz"))
-    main = sys.modules["__main__"]
-    try:
-        at = open_app(monkeypatch, path.parent, "sample")
-        clean(at)
-        at.selectbox(key="nn_index").set_value(1)
-        at.button(key="nn_go").click().run()
-        clean(at)
-    finally:
-        sys.modules["__main__"] = main
+    at = open_app(monkeypatch, path.parent, "sample")
+    clean(at)
+    at.selectbox(key="nn_index").set_value(1)
+    at.button(key="nn_go").click().run()
+    clean(at)
     assert len(at.image) == 2 + neighbours.K  # the grid, the sample and its neighbours
     train = load_image_set(archive, 32).images
     sample = G.generate(load_checkpoint(path), [1], SamplerConfig("ddim", 20))[0]  # the page's default

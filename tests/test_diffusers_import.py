@@ -368,6 +368,16 @@ def test_unsupported_configs_are_refused_naming_the_field(unet, tmp_path, file, 
     assert str(folder / file) in str(e.value) or file == "unet/config.json"
 
 
+def test_a_config_with_an_integer_python_cannot_parse_is_refused_by_name(unet, tmp_path):
+    """Integers of over 4,300 digits raise a plain ValueError in json: refused like bad JSON (the
+    app's catalog catches the import's own error only)."""
+    folder = save_pipeline(unet, tmp_path / "p", diffusers.DDPMScheduler(), diffusers.DDPMPipeline)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(path.read_text().replace('"num_train_timesteps": 1000', '"num_train_timesteps": ' + "9" * 5000))
+    with pytest.raises(CheckpointError, match=r"scheduler_config.json is not valid JSON: Exceeds the limit"):
+        load_checkpoint(folder)
+
+
 def test_missing_or_mismatched_weights_are_refused(unet, tmp_path):
     folder = save_pipeline(unet, tmp_path / "p", diffusers.DDPMScheduler(), diffusers.DDPMPipeline)
     edit_json(folder / "unet" / "config.json", block_out_channels=[32, 48])

@@ -348,6 +348,37 @@ def test_sample_page_guides_with_a_fitting_checkpoint_and_a_row_per_weight(monke
     assert_shows(pixels(media, at.image[0]), make_grid(np.concatenate(rows), cols=4))
     assert any("guided by tiny_b at w = 1, 3 (a row each)" in c.value for c in at.caption)
 
+    # the budget counts what each row runs: the w = 3 row's guide calls too, even after a w = 1 row
+    from explorer_ui import compute, plans
+    g_main, g_guide = (plans.gflops_per_image(m.experiment.network) for m in (main_model, guide_model))
+    needed = 2 * 4 * 20 * g_main + 4 * 20 * g_guide
+    monkeypatch.setenv(compute.MAX_GFLOP_ENV, str(needed - 4 * 20 * g_guide / 2))
+    at.text_input(key="sample_guidance").set_value("1, 3.0").run()  # a new request, not the cached one
+    assert at.error and "this request needs about" in at.error[0].value and len(at.image) == 0
+    monkeypatch.setenv(compute.MAX_GFLOP_ENV, str(needed * 1.01))
+    at.run()
+    assert not at.error and len(at.image) == 1
+
     at.text_input(key="sample_guidance").set_value("1, x").run()
     assert not at.exception and len(at.image) == 0
     assert at.error[0].value == "Autoguidance: 'x' is not a guidance weight (a number from 0 to 10)"
+
+
+def test_every_schedule_kind_is_compared_by_the_fields_that_give_its_rates():
+    """Diffusers schedules (scaled_linear, trained_betas) too: a KeyError here once broke the
+    Sample page's list of guides for them. Equal rate fields: no mismatch; another beta table: named."""
+    from typing import get_args
+
+    from diffusion_core.guidance import mismatches
+    from diffusion_core.schedules import RATE_FIELDS, ScheduleConfig, ScheduleKind
+
+    assert set(RATE_FIELDS) == set(get_args(ScheduleKind))
+    norm = PixelNormalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    for schedule in (ScheduleConfig(kind="scaled_linear", beta_start=0.00085, beta_end=0.012, num_timesteps=10),
+                     ScheduleConfig(kind="trained_betas", num_timesteps=3, trained_betas=(0.1, 0.2, 0.3))):
+        exp = tiny_experiment().with_overrides(schedule=schedule.__dict__)
+        assert mismatches(exp, norm, exp, norm) == []
+    other = tiny_experiment().with_overrides(schedule={"kind": "trained_betas", "num_timesteps": 3,
+                                                       "trained_betas": (0.1, 0.2, 0.4)})
+    assert mismatches(exp, norm, other, norm) == [
+        "schedule trained_betas ((0.1, 0.2, 0.3) against (0.1, 0.2, 0.4))"]

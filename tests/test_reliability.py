@@ -490,25 +490,21 @@ def test_the_app_stays_up_beside_hostile_descriptions(tmp_path, monkeypatch, pag
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    main_module = sys.modules["__main__"]
     monkeypatch.setattr(catalog, "RESULTS_FOLDER", tmp_path / "no-results")
     folder = tmp_path / "ck"
     good = make_tiny_checkpoint(folder, "good")
     for name in ("zero_heads", "infinite_width", "huge_integer"):
         hostile(folder, good, name, HOSTILE[name][0])
     monkeypatch.setenv("DIFFUSION_EXPLORER_CHECKPOINTS", str(folder))
-    try:
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-        at.switch_page(f"app_pages/{page}.py").run()
-        assert not at.exception, [e.value for e in at.exception]
-        warnings = " ".join(w.value for w in at.warning)
-        if page == "experiments":
-            assert "attention_heads must be an integer from 1 to 64" in warnings
-            assert "widths[0] must be an integer from 1 to 2048, got inf" in warnings
-            assert "Exceeds the limit (4300 digits)" in warnings
-            assert list(at.dataframe[0].value["name"]) == ["good"]
-        else:
-            assert at.selectbox(key="sample_checkpoint").options == ["good"]
-            assert len(at.image) >= 1
-    finally:
-        sys.modules["__main__"] = main_module
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = " ".join(w.value for w in at.warning)
+    if page == "experiments":
+        assert "attention_heads must be an integer from 1 to 64" in warnings
+        assert "widths[0] must be an integer from 1 to 2048, got inf" in warnings
+        assert "Exceeds the limit (4300 digits)" in warnings
+        assert list(at.dataframe[0].value["name"]) == ["good"]
+    else:
+        assert at.selectbox(key="sample_checkpoint").options == ["good"]
+        assert len(at.image) >= 1
