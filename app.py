@@ -39,7 +39,7 @@ from explorer_ui import compute, shared, widgets  # noqa: E402
 
 compute.configure_torch()
 widgets.sidebar()
-shared.read_url([e.label for e in widgets.checkpoints()[0] if e.usable])  # a shared link's settings, once
+shared.read_url(lambda: [e.label for e in widgets.checkpoints()[0] if e.usable])  # a shared link's settings, once
 shared.write_url()
 link_notes = st.empty()  # filled after the page, which may have replaced the link's settings
 try:

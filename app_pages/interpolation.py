@@ -46,11 +46,9 @@ with right, widgets.guard("Interpolating"):
     model, steps = choice.model, sampler.steps
     approved = True
     if start is not None:
-        images = start.images.shape[0] * cache.inversion_steps(start)  # image-steps of the inversion
-        approved = widgets.ready("interp_inv_approved", start, [model], images * cache.INVERSION_CALLS_PER_STEP,
-                                 "Invert")
+        approved = widgets.ready("interp_inv_approved", start, [model], start.evaluations, "Invert")
         if approved:
-            with widgets.running("interp_inv_approved", start, images, "Inverting") as job:
+            with widgets.running("interp_inv_approved", start, start.image_steps, "Inverting") as job:
                 _, recon = cache.inversion(start, job)
             st.caption("Uploaded images (top) and their DDIM reconstructions from the inverted noise (bottom)")
             widgets.show(make_grid(np.concatenate([start.images.array(), recon]), cols=2), target=256)

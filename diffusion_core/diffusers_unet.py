@@ -22,10 +22,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from . import diffusion as D
 from .schedules import ScheduleConfig, discrete_alphas_cumprod
 
 KIND = "diffusers_unet2d"
@@ -211,8 +211,8 @@ def _counted_gflops(unet_config: str, size: int, channels: int) -> float:
 class TimestepNetwork(nn.Module):
     """``(x_t [N x C x S x S], noise variance [N]) -> eps or v [N x C x S x S]`` around a UNet2DModel
     (module ``unet``), which sees the integer step of its training schedule nearest in noise
-    variance. The abar table is a float64 numpy array, not a buffer: casting the network to
-    float16 must not merge neighbouring steps."""
+    variance. The abar table is kept in float64, apart from the module's parameters and buffers:
+    casting the network to float16 must not merge neighbouring steps."""
 
     def __init__(self, config: DiffusersUNetConfig):
         super().__init__()
@@ -220,23 +220,32 @@ class TimestepNetwork(nn.Module):
         self.config = config
         self.unet = diffusers.UNet2DModel.from_config(json.loads(config.unet_config))
         self.alphas_cumprod = discrete_alphas_cumprod(config.schedule())  # abar_t, float64 [T]
+        self._abar: dict[torch.device, torch.Tensor] = {}  # the table on each device it ran on
 
-    def timesteps(self, variance: torch.Tensor) -> np.ndarray:
-        """Integer steps [N] whose noise variance 1 - abar_t is nearest to ``variance`` [N]."""
-        from torch._subclasses.fake_tensor import is_fake
+    def abar_on(self, device: torch.device) -> torch.Tensor:
+        """abar_t as a float64 tensor [T] on ``device`` (copied there once)."""
+        if device not in self._abar:
+            self._abar[device] = torch.from_numpy(self.alphas_cumprod).to(device)
+        return self._abar[device]
 
-        if variance.device.type == "meta" or is_fake(variance):  # shapes only (networks.network_cost):
-            return np.zeros(variance.shape[0], dtype=np.int64)   # the step's value changes no size
-        v = variance.detach().to("cpu", torch.float64).numpy()
-        return np.abs((1.0 - self.alphas_cumprod)[None, :] - v[:, None]).argmin(axis=1)
+    def timesteps(self, variance: torch.Tensor) -> torch.Tensor:
+        """Integer steps [N] whose noise variance 1 - abar_t is nearest to ``variance`` [N], found on
+        the variance's device (no copy to the host per call; MPS has no float64: on the CPU there)."""
+        device = variance.device if variance.device.type != "mps" else torch.device("cpu")
+        v = variance.detach().to(device, torch.float64)
+        return ((1.0 - self.abar_on(device))[None, :] - v[:, None]).abs().argmin(dim=1)
 
     def forward(self, x_t: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-        t = self.timesteps(variance)
-        out = self.unet(x_t, torch.from_numpy(t).to(x_t.device), return_dict=False)[0]
-        if not self.config.predicts_x0:
+        from torch._subclasses.fake_tensor import is_fake
+
+        # shapes only (networks.network_cost, on fake or meta tensors): no size depends on the step
+        shapes_only = variance.device.type == "meta" or is_fake(variance)
+        t = torch.zeros(len(variance), dtype=torch.int64) if shapes_only else self.timesteps(variance)
+        out = self.unet(x_t, t.to(x_t.device), return_dict=False)[0]
+        if not self.config.predicts_x0 or shapes_only:
             return out
-        abar = torch.from_numpy(self.alphas_cumprod[t]).to(x_t.device, torch.float32).view(-1, 1, 1, 1)
-        return (x_t - abar.sqrt() * out.float()) / (1.0 - abar).sqrt()  # eps from x0 (eq. 4 solved for eps)
+        abar = self.abar_on(t.device)[t].to(x_t.device, torch.float32).view(-1, 1, 1, 1)
+        return D.eps_from_x0(x_t, out.float(), abar.sqrt(), (1.0 - abar).sqrt())  # eq. 4 solved for eps
 
 
 def beyond_limits(config: DiffusersUNetConfig) -> str | None:

@@ -18,7 +18,6 @@ from .checkpoint import LoadedModel
 from .generate import Drive, driven
 from .samplers import Denoise, NoiseSource, SamplerConfig, check_steps, seed_noise
 from .schedules import ScheduleConfig, time_grid
-from .views import sub_grid
 
 KNOWN_NOISE_OFFSET = 0x4B4E  # the known region's noise stream, apart from the seed's starting and step noise
 
@@ -52,7 +51,7 @@ def sdedit(denoiser: Denoise, schedule: ScheduleConfig, x0: torch.Tensor, config
         return x0.clone()
     if config.stochastic and step_noise is None:
         raise ValueError(f"{config.name} with these settings is stochastic: pass a NoiseSource")
-    grid = sub_grid(time_grid(schedule, S), k)
+    grid = time_grid(schedule, S).steps(k)
     abar = float(grid.alphas_cumprod[0])
     x = D.q_sample(x0, math.sqrt(abar), math.sqrt(1.0 - abar), eps.to(x0.device))  # Algorithm 1, line 2
     if regenerate is None:

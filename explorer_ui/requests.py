@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from diffusion_core.analysis import inversion_evaluations
 from diffusion_core.guidance import MAX_GUIDANCE, NO_GUIDANCE, check_guide, check_weight
 from diffusion_core.samplers import SamplerConfig, check_steps
 
@@ -84,13 +85,27 @@ class Images:
         return np.frombuffer(self.pixels, np.uint8).reshape(self.shape).copy()
 
 
+INVERSION_ITERATIONS = 3  # fixed-point refinements per inversion step (generate.invert's default)
+
+
 @dataclass(frozen=True)
 class InversionRequest:
-    """The DDIM-inverted noise of ``images`` (and their reconstructions), ``num_steps`` steps."""
+    """The DDIM-inverted noise of ``images`` (and their reconstructions), ``num_steps`` steps,
+    ``INVERSION_ITERATIONS`` fixed-point refinements each."""
 
     model: ModelRef
     images: Images
     num_steps: int
+
+    @property
+    def evaluations(self) -> int:
+        """Network calls of one image each (``analysis.inversion_evaluations``), for the estimate."""
+        return self.images.shape[0] * inversion_evaluations(self.num_steps, INVERSION_ITERATIONS)
+
+    @property
+    def image_steps(self) -> int:
+        """Images x sampler steps (the inversion's, then the reconstruction's): the progress bar's count."""
+        return self.images.shape[0] * 2 * self.num_steps
 
 
 @dataclass(frozen=True)

@@ -64,11 +64,13 @@ def settings() -> dict[str, Any]:
     return st.session_state.setdefault(STATE, {})
 
 
-def read_url(labels: list[str]) -> None:
-    """Once per session: the URL's settings into the shared ones; notes for the values ignored."""
+def read_url(checkpoint_labels: Callable[[], list[str]]) -> None:
+    """Once per session: the URL's settings into the shared ones; notes for the values ignored.
+    ``checkpoint_labels`` gives the usable checkpoints' labels (asked only on that first run)."""
     if st.session_state.get(READ):
         return
     st.session_state[READ] = True
+    labels = checkpoint_labels()
     notes, unused = [], set()
     for name in NAMES:
         if name not in st.query_params:
