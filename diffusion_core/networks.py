@@ -174,11 +174,13 @@ def network_cost(config: Any) -> NetworkCost:
     return NetworkCost(count_parameters(network), peak.peak)
 
 
+@functools.lru_cache(maxsize=256)
 def over_budget(config: Any) -> str | None:
     """Why a network of ``config`` is too costly to build (``MAX_PARAMETERS``,
     ``MAX_ACTIVATION_BYTES``), or None. A network that its kind's ``activation_bound`` and a
     parameter count on the meta device prove small is not measured (measuring first loads
-    torch's tracing machinery, seconds per process)."""
+    torch's tracing machinery, seconds per process). Cached like ``network_cost`` (configs are
+    frozen): the app checks every listed description at every rerun."""
     bound = network_kind(getattr(config, "kind", None)).activation_bound
     if bound is not None and bound(config) <= MAX_ACTIVATION_BYTES:
         with torch.device("meta"):
