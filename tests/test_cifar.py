@@ -55,6 +55,8 @@ def test_cifar_preset_is_the_ddim_papers_table_plus_dpm_solver():
                                         + [("dpmpp_2m", 10, 0.0), ("dpmpp_2m", 20, 0.0)])
     discrete = collect.table_configs("cifar", ScheduleConfig(kind="linear", num_timesteps=1000))
     assert discrete == continuous + [("ddpm", 1000, 0.0)]
+    # the README's table (results_table, which imports no torch) has a row for each measured setting
+    assert sorted(row[1:] for row in results_table.CIFAR_ROWS) == sorted(discrete)
     assert ("ddpm", 1000, 0.0) not in collect.table_configs("cifar", ScheduleConfig(kind="linear", num_timesteps=500))
     # the bedrooms preset keeps its DDPM 1000 on every schedule, as before
     assert collect.table_configs("bedrooms", ScheduleConfig(kind="continuous_cosine")) == collect.TABLE
